@@ -1,0 +1,1 @@
+"""Packaged configuration files (data, not code): default.yaml and backend presets."""

@@ -1,0 +1,1 @@
+"""Built-in real data sources (each harmonised to a documented column schema)."""
