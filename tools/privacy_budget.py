@@ -1,0 +1,57 @@
+"""privacy_budget: how much of each data source's privacy budget has been spent, and on what."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.base import ToolResult, ToolSpec
+from tools.deps import Deps
+
+
+class PrivacyBudgetArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(
+        None, description="Data source name, e.g. nhanes-2017-2018. Leave empty for every registered source."
+    )
+
+
+def privacy_budget(deps: Deps, args: PrivacyBudgetArgs) -> ToolResult:
+    names = [args.source] if args.source else deps.catalog.names()
+    for name in names:
+        deps.catalog.get(name)  # corrective error listing valid sources
+    p = deps.settings.privacy
+    rows = []
+    lines = []
+    for name in names:
+        eps, delta = deps.workspace.spent(name)
+        charges = deps.workspace.charges(name)
+        rows.append(
+            {
+                "source": name,
+                "spent_epsilon": eps,
+                "spent_delta": delta,
+                "budget_epsilon": p.source_budget_epsilon,
+                "budget_delta": p.source_budget_delta,
+                "left_epsilon": max(p.source_budget_epsilon - eps, 0.0),
+                "left_delta": max(p.source_budget_delta - delta, 0.0),
+                "charges": [c.__dict__ for c in charges],
+            }
+        )
+        lines.append(
+            f"{name}: spent epsilon {eps:.3g} of {p.source_budget_epsilon:g} (left {max(p.source_budget_epsilon - eps, 0):.3g}), "
+            f"delta {delta:.2g} of {p.source_budget_delta:.2g}, in {len(charges)} charge(s)."
+        )
+    return ToolResult(text=" ".join(lines), data={"sources": rows})
+
+
+SPEC = ToolSpec(
+    name="privacy_budget",
+    description=(
+        "Show how much differential-privacy budget (epsilon, delta) each real data source has spent on training "
+        "generators and how much is left."
+    ),
+    args_model=PrivacyBudgetArgs,
+    func=privacy_budget,
+    examples=("how much privacy budget is left?", "what epsilon has NHANES spent so far?"),
+)
