@@ -1,0 +1,1 @@
+"""synthehr knowledge base: Markdown documents and condition profiles (resources only, no code)."""
