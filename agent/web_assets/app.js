@@ -1,0 +1,405 @@
+// synthehr web page: a chat over the agent, streamed as NDJSON from POST /api/chat.
+// No framework and nothing loaded from outside this server.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function safeUrl(url) {
+  try {
+    const u = new URL(url, location.href);
+    return (u.protocol === "http:" || u.protocol === "https:") ? u.href : null;
+  } catch (e) { return null; }
+}
+
+// ---- a small, safe Markdown subset for answers (text is escaped; only http(s) links) ------------
+function inline(text) {
+  const frag = document.createDocumentFragment();
+  const re = /(`[^`]+`)|(\*\*[^*]+\*\*)|\[([^\]]+)\]\((https?:\/\/[^)\s]+|\/files\/[^)\s]+)\)|(https?:\/\/[^\s<>"')\]]+)/g;
+  let last = 0, m;
+  while ((m = re.exec(text)) !== null) {
+    if (m.index > last) frag.append(text.slice(last, m.index));
+    if (m[1]) frag.append(el("code", { text: m[1].slice(1, -1) }));
+    else if (m[2]) frag.append(el("strong", { text: m[2].slice(2, -2) }));
+    else if (m[3]) {
+      const href = safeUrl(m[4]);
+      const local = m[4].startsWith("/files/");
+      frag.append(href ? el("a", local ? { href: m[4], class: "file-link", download: /\.(csv|parquet)$/i.test(m[4]) } :
+        { href, target: "_blank", rel: "noopener noreferrer" }, m[3]) : m[3]);
+    } else if (m[5]) {
+      let url = m[5], tail = "";
+      while (/[.,;:]$/.test(url)) { tail = url.slice(-1) + tail; url = url.slice(0, -1); }
+      const href = safeUrl(url);
+      frag.append(href ? el("a", { href, target: "_blank", rel: "noopener noreferrer", text: url }) : url);
+      if (tail) frag.append(tail);
+    }
+    last = re.lastIndex;
+  }
+  if (last < text.length) frag.append(text.slice(last));
+  return frag;
+}
+
+function markdown(text) {
+  const root = el("div");
+  const lines = String(text || "").replace(/\r/g, "").split("\n");
+  let para = [], list = null;
+  const flushPara = () => {
+    if (!para.length) return;
+    const p = el("p");
+    para.forEach((line, i) => { if (i) p.append(el("br")); p.append(inline(line)); });
+    root.append(p); para = [];
+  };
+  for (const raw of lines) {
+    const line = raw.trimEnd();
+    const bullet = line.match(/^\s*[-*•]\s+(.*)$/), num = line.match(/^\s*\d+[.)]\s+(.*)$/);
+    if (bullet || num) {
+      flushPara();
+      const tag = bullet ? "ul" : "ol";
+      if (!list || list.tagName.toLowerCase() !== tag) { list = el(tag); root.append(list); }
+      list.append(el("li", {}, inline((bullet || num)[1])));
+      continue;
+    }
+    list = null;
+    if (!line.trim()) { flushPara(); continue; }
+    para.push(line);
+  }
+  flushPara();
+  return root;
+}
+
+// ---- state ---------------------------------------------------------------------------------------
+const state = { session: null, busy: false };
+
+async function api(path, opts = {}) {
+  const resp = await fetch(path, { credentials: "same-origin", ...opts });
+  if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
+  return resp.json();
+}
+
+async function newSession() {
+  const { name } = await api("/api/sessions", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+  setSession(name);
+  clearMessages();
+}
+
+function setSession(name) {
+  state.session = name;
+  sessionStorage.setItem("synthehr.session", name);
+  document.body.dataset.session = name;
+  refreshSessions();
+}
+
+function clearMessages() {
+  const box = $("#messages");
+  box.replaceChildren();
+  box.append(welcome);
+  $("#conv-title").textContent = "New conversation";
+}
+
+// ---- sidebar ---------------------------------------------------------------------------------------
+function fmtEps(v) { return (v === null || v === undefined) ? "–" : Number(v).toPrecision(3).replace(/\.?0+$/, ""); }
+function fmtDelta(v) { return (v === null || v === undefined) ? "–" : Number(v).toExponential(1); }
+function fmtDate(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+async function refreshDatasets() {
+  let data;
+  try { data = await api("/api/datasets"); } catch (e) { return; }
+  const list = $("#datasets");
+  list.replaceChildren();
+  if (!data.datasets.length) { list.append(el("li", { class: "muted", text: "None yet" })); return; }
+  for (const ds of data.datasets) {
+    const links = el("div", { class: "ds-links" });
+    if (ds.links.csv) links.append(el("a", { href: ds.links.csv, download: "", text: "CSV" }));
+    if (ds.links.parquet) links.append(el("a", { href: ds.links.parquet, download: "", text: "Parquet" }));
+    if (ds.links.card_md) links.append(el("a", { href: ds.links.card_md, target: "_blank", text: "Data card" }));
+    list.append(el("li", { class: "dataset-item", "data-dataset": ds.id, title: ds.id },
+      el("div", { class: "ds-title", text: `${ds.condition || "Cohort"} · ${ds.n_rows} patients` }),
+      el("div", { class: "ds-meta", text: `ε ${fmtEps(ds.epsilon)} · ${ds.source_title || ds.source}` }),
+      el("div", { class: "ds-meta", text: fmtDate(ds.created_at) }),
+      links));
+  }
+}
+
+async function refreshSessions() {
+  let data;
+  try { data = await api("/api/sessions"); } catch (e) { return; }
+  const list = $("#sessions");
+  list.replaceChildren();
+  const items = data.sessions.filter((s) => s.turns > 0);
+  if (!items.length) { list.append(el("li", { class: "muted", text: "None yet" })); return; }
+  for (const s of items) {
+    list.append(el("li", { class: s.name === state.session ? "current" : "" },
+      el("button", { class: "session", type: "button", title: s.name, onclick: () => openSession(s.name) },
+        el("div", { class: "ds-title", text: s.title }),
+        el("div", { class: "ds-meta", text: `${s.turns} turn${s.turns === 1 ? "" : "s"} · ${fmtDate(s.updated_at)}` }))));
+  }
+}
+
+async function openSession(name) {
+  if (state.busy) return;
+  setSession(name);
+  clearMessages();
+  let data;
+  try { data = await api(`/api/sessions/${encodeURIComponent(name)}`); } catch (e) { return; }
+  if (data.turns.length) welcome.remove();
+  for (const t of data.turns) {
+    addUser(t.user);
+    const view = new TurnView();
+    for (const s of t.steps) view.staticStep(s);
+    view.finish({ type: "answer", ...t });
+  }
+  if (data.turns.length) $("#conv-title").textContent = data.turns[0].user;
+}
+
+// ---- one assistant turn ------------------------------------------------------------------------
+function argsSummary(args) {
+  if (!args || typeof args !== "object") return "";
+  return Object.entries(args).filter(([, v]) => v !== null && v !== "" && !(Array.isArray(v) && !v.length))
+    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+}
+
+class TurnView {
+  constructor() {
+    this.statusText = el("span", { text: "Thinking…" });
+    this.status = el("div", { class: "status" }, el("span", { class: "spinner", "aria-hidden": "true" }), this.statusText);
+    this.steps = el("div", { class: "steps" });
+    this.progressBox = el("div", { class: "progress-list" });
+    this.body = el("div", { class: "body" }, this.steps, this.progressBox, this.status);
+    this.node = el("div", { class: "msg assistant" }, el("div", { class: "avatar", "aria-hidden": "true", text: "S" }), this.body);
+    this.pendingThought = null;
+    this.open = [];
+    this.progress = {};
+    $("#messages").append(this.node);
+    scrollDown();
+  }
+
+  stepBlock(tool, args, cls) {
+    const stateTag = el("span", { class: "state", text: cls === "running" ? "running…" : cls === "failed" ? "error" : "done" });
+    const body = el("div", { class: "step-body" });
+    if (this.pendingThought) { body.append(el("h4", { text: "Reasoning" }), el("div", { class: "thought", text: this.pendingThought })); this.pendingThought = null; }
+    body.append(el("h4", { text: "Arguments" }), el("pre", { class: "args", text: JSON.stringify(args || {}, null, 2) }));
+    const block = el("details", { class: `step ${cls}`, "data-tool": tool || "" },
+      el("summary", {}, el("span", { class: "tool", text: tool || "agent" }), stateTag, el("span", { class: "short", text: argsSummary(args) })),
+      body);
+    block._state = stateTag;
+    block._body = body;
+    this.steps.append(block);
+    scrollDown();
+    return block;
+  }
+
+  setResult(block, text, failed) {
+    block._body.append(el("h4", { text: failed ? "Error" : "Result" }), el("pre", { class: "observation", text: text || "" }));
+    block.classList.remove("running");
+    block.classList.add(failed ? "failed" : "done");
+    block._state.textContent = failed ? "error" : "done";
+  }
+
+  staticStep(s) {
+    const block = this.stepBlock(s.tool, s.args, "done");
+    this.setResult(block, s.observation, false);
+  }
+
+  onEvent(ev) {
+    if (ev.type === "status") { this.statusText.textContent = ev.text; return; }
+    if (ev.type === "progress") { this.onProgress(ev); return; }
+    if (ev.type === "step") {
+      if (ev.kind === "thought") { if (ev.text) this.pendingThought = ev.text; return; }
+      if (ev.kind === "action") {
+        this.open.push(this.stepBlock(ev.tool, ev.args, "running"));
+        this.statusText.textContent = `Running ${ev.tool}…`;
+        return;
+      }
+      if (ev.kind === "observation" || ev.kind === "error") {
+        let idx = -1;
+        for (let i = this.open.length - 1; i >= 0; i--) if (!ev.tool || this.open[i].dataset.tool === ev.tool) { idx = i; break; }
+        const block = idx >= 0 ? this.open.splice(idx, 1)[0] : this.stepBlock(ev.tool, ev.args, "running");
+        this.setResult(block, ev.text, ev.kind === "error");
+        this.statusText.textContent = "Thinking…";
+      }
+    }
+  }
+
+  onProgress(ev) {
+    const key = ev.task || "work";
+    let p = this.progress[key];
+    if (!p) {
+      const bar = el("progress", { max: "1", value: "0" });
+      const label = el("span", { class: "label", text: key });
+      const info = el("span", { class: "muted" });
+      p = this.progress[key] = { box: el("div", { class: "progress", "data-task": key }, label, bar, info), bar, info };
+      this.progressBox.append(p.box);
+      scrollDown();
+    }
+    if (ev.total) { p.bar.max = ev.total; p.bar.value = Math.min(ev.done, ev.total); } else { p.bar.removeAttribute("value"); }
+    const extras = Object.entries(ev.info || {}).map(([k, v]) => `${k} ${typeof v === "number" ? Number(v).toPrecision(3) : v}`);
+    p.info.textContent = [ev.total ? `${ev.done}/${ev.total}` : (ev.done ? `${ev.done}` : ""), ...extras].filter(Boolean).join(" · ");
+    if (ev.state === "finish") { p.box.classList.add("finished"); p.info.textContent = "done"; if (ev.total) p.bar.value = ev.total; }
+  }
+
+  finish(ev) {
+    this.status.remove();
+    for (const b of this.open) this.setResult(b, "(no result)", true);
+    this.open = [];
+    for (const p of Object.values(this.progress)) p.box.classList.add("finished");
+    if (ev.type === "error") {
+      this.body.append(el("div", { class: "answer error", role: "alert" }, markdown(ev.text)));
+    } else {
+      this.body.append(el("div", { class: "answer" }, markdown(ev.text)));
+      for (const ds of ev.datasets || []) this.body.append(datasetCard(ds));
+      const plots = [...(ev.plots || [])];
+      for (const ds of ev.datasets || []) for (const p of ds.plots || []) if (!plots.some((q) => q.url === p.url)) plots.push(p);
+      if (plots.length) {
+        this.body.append(el("div", { class: "plots" }, plots.map((p) =>
+          el("figure", { class: "plot" }, el("a", { href: p.url, target: "_blank" }, el("img", { src: p.url, alt: p.name, loading: "lazy" })),
+            el("figcaption", { text: p.name })))));
+      }
+      if ((ev.downloads || []).length) {
+        this.body.append(el("div", { class: "downloads files" }, ev.downloads.map((f) =>
+          el("a", { class: "btn small", href: f.url, download: "", text: `Download ${f.name}` }))));
+      }
+      if ((ev.citations || []).length) {
+        this.body.append(el("section", { class: "citations" }, el("h4", { text: "Sources" }),
+          el("ol", {}, ev.citations.map((c) => {
+            const href = c.url ? safeUrl(c.url) : null;
+            return el("li", {}, href ? el("a", { href, target: "_blank", rel: "noopener noreferrer", text: c.title || c.url }) : (c.title || c.url));
+          }))));
+      }
+    }
+    scrollDown();
+  }
+}
+
+function datasetCard(ds) {
+  const fact = (k, v, cls = "") => el("div", { class: `fact ${cls}` }, el("div", { class: "k", text: k }), el("div", { class: "v" }, v));
+  const source = ds.source_url && safeUrl(ds.source_url)
+    ? el("a", { href: safeUrl(ds.source_url), target: "_blank", rel: "noopener noreferrer", text: ds.source_title || ds.source })
+    : (ds.source_title || ds.source);
+  const eps = `${fmtEps(ds.epsilon)}` + (ds.target_epsilon ? ` (target ${fmtEps(ds.target_epsilon)})` : "");
+  const downloads = el("div", { class: "downloads" });
+  if (ds.links.csv) downloads.append(el("a", { class: "btn small primary download-csv", href: ds.links.csv, download: "", text: "Download CSV" }));
+  if (ds.links.parquet) downloads.append(el("a", { class: "btn small download-parquet", href: ds.links.parquet, download: "", text: "Download Parquet" }));
+  if (ds.links.card_md) downloads.append(el("a", { class: "btn small", href: ds.links.card_md, target: "_blank", text: "Data card" }));
+  if (ds.links.card_json) downloads.append(el("a", { class: "btn small", href: ds.links.card_json, target: "_blank", text: "card.json" }));
+  const card = el("section", { class: "dataset-card", "data-dataset": ds.id },
+    el("h3", { text: `${ds.condition || "Synthetic cohort"} — ${ds.n_rows} synthetic patients` }),
+    el("div", { class: "sub", text: ds.id }),
+    el("div", { class: "facts" },
+      fact("Source", source, "wide"),
+      fact("Privacy ε", eps),
+      fact("δ", fmtDelta(ds.delta)),
+      fact("Accountant", ds.accountant || "–"),
+      fact("Columns", String(ds.n_columns || (ds.columns || []).length || "–"))),
+    downloads);
+  if ((ds.columns || []).length) {
+    card.append(el("details", {}, el("summary", { text: `Columns (${ds.columns.length})` }),
+      el("ul", { class: "cols" }, ds.columns.map((c) => el("li", { text: c })))));
+  }
+  if ((ds.missing_observations || []).length) {
+    card.append(el("details", {}, el("summary", { text: `Requested but not in the source (${ds.missing_observations.length})` }),
+      el("ul", { class: "cols" }, ds.missing_observations.map((c) => el("li", { text: typeof c === "string" ? c : (c.label || c.name || JSON.stringify(c)) })))));
+  }
+  return card;
+}
+
+function addUser(text) {
+  $("#messages").append(el("div", { class: "msg user" }, el("div", { class: "bubble", text })));
+  scrollDown();
+}
+
+function scrollDown() { const box = $("#messages"); box.scrollTop = box.scrollHeight; }
+
+// ---- sending -----------------------------------------------------------------------------------
+async function send(text) {
+  text = text.trim();
+  if (!text || state.busy) return;
+  state.busy = true;
+  document.body.dataset.busy = "1";
+  $("#send").disabled = true;
+  welcome.remove();
+  if ($("#conv-title").textContent === "New conversation") $("#conv-title").textContent = text;
+  addUser(text);
+  const view = new TurnView();
+  let finished = false;
+  try {
+    const resp = await fetch("/api/chat", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ session: state.session, text }),
+    });
+    if (!resp.ok || !resp.body) {
+      let msg = `The server answered HTTP ${resp.status}.`;
+      try { msg = (await resp.json()).error || msg; } catch (e) { /* not JSON */ }
+      view.finish({ type: "error", text: msg }); finished = true;
+    } else {
+      const reader = resp.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          if (!line) continue;
+          const ev = JSON.parse(line);
+          if (ev.type === "answer" || ev.type === "error") { view.finish(ev); finished = true; }
+          else view.onEvent(ev);
+        }
+      }
+    }
+  } catch (e) {
+    if (!finished) { view.finish({ type: "error", text: `Lost the connection to the server (${e.message}).` }); finished = true; }
+  } finally {
+    if (!finished) view.finish({ type: "error", text: "The turn ended without an answer." });
+    state.busy = false;
+    delete document.body.dataset.busy;
+    $("#send").disabled = false;
+    $("#input").focus();
+    refreshDatasets();
+    refreshSessions();
+  }
+}
+
+let welcome;
+
+async function init() {
+  welcome = $("#welcome");
+  $("#composer").addEventListener("submit", (e) => { e.preventDefault(); const t = $("#input").value; $("#input").value = ""; send(t); });
+  $("#input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("#composer").requestSubmit(); }
+  });
+  for (const b of document.querySelectorAll(".example")) b.addEventListener("click", () => { $("#input").value = b.textContent; $("#input").focus(); });
+  $("#new-chat").addEventListener("click", () => { if (!state.busy) newSession(); });
+  try {
+    const info = await api("/api/info");
+    $("#info").textContent = `synthehr ${info.version} · model: ${info.llm.backend} · workspace: ${info.workspace}`;
+  } catch (e) { /* offline page */ }
+  const saved = sessionStorage.getItem("synthehr.session");
+  if (saved) await openSession(saved); else await newSession();
+  refreshDatasets();
+  document.body.dataset.ready = "1";
+}
+
+document.addEventListener("DOMContentLoaded", init);
