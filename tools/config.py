@@ -36,6 +36,13 @@ class LLMSettings(_Section):
     constrained: bool = True
     max_steps: int = Field(6, gt=0)
     timeout_s: float = Field(120, gt=0)
+    chat_format: Literal["auto", "llama-2", "chatml", "template"] = "auto"
+    runtime: Literal["auto", "llamacpp", "transformers"] = "auto"
+    n_threads: int = Field(0, ge=0)
+    n_gpu_layers: int = Field(0, ge=-1)
+    grammar_param: str | None = None
+    prompt_cache_dir: str | None = "auto"
+    tool_calling: bool = False
 
 
 class PrivacySettings(_Section):
@@ -45,7 +52,7 @@ class PrivacySettings(_Section):
     source_budget_epsilon: float = Field(10.0, gt=0)
     source_budget_delta: float = Field(1e-4, gt=0, lt=1)
     max_epsilon_per_request: float = Field(10.0, gt=0)
-    preprocessing_share: float = Field(0.05, ge=0, lt=0.5)
+    preprocessing_share: float = Field(0.3, ge=0, lt=0.5)
 
 
 class GenerationSettings(_Section):
@@ -55,7 +62,7 @@ class GenerationSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    epochs: int = Field(30, gt=0)
+    epochs: int = Field(10, gt=0)
     batch_size: int = Field(256, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     generator_lr: float = Field(2e-4, gt=0)
@@ -63,7 +70,19 @@ class TrainingSettings(_Section):
     noise_dim: int = Field(64, gt=0)
     hidden_dim: int = Field(256, gt=0)
     holdout_fraction: float = Field(0.2, ge=0, lt=0.9)
-    threads: int = Field(0, ge=0)
+    threads: int = Field(1, ge=0)
+    generator_layers: int = Field(2, gt=0)
+    discriminator_hidden_dim: int = Field(128, gt=0)
+    discriminator_layers: int = Field(2, gt=0)
+    generator_steps: int = Field(1, gt=0)
+    discriminator_beta1: float = Field(0.5, ge=0, lt=1)
+    gumbel_tau: float = Field(0.2, gt=0)
+    numeric_bins: int = Field(0, ge=0)
+    marginal_weight: float = Field(1.0, ge=0)
+    marginal_bins: int = Field(16, ge=1)
+    moment_weight: float = Field(1.0, ge=0)
+    moment_weight_adversarial: float = Field(1.0, ge=0)
+    marginal_pretrain_steps: int = Field(200, ge=0)
 
 
 class KnowledgeSettings(_Section):

@@ -1,0 +1,106 @@
+"""Privacy helpers: the default delta, the budget split and the DP preprocessing mechanism.
+
+Neighbouring data sets differ by adding or removing one record (the relation Opacus' accountants
+use), so one record changes a histogram count by exactly 1: L1 sensitivity 1.
+
+Composition: the preprocessing release (pure epsilon, Laplace) and DP-SGD ((epsilon, delta) from
+the PRV or RDP accountant) compose by basic sequential composition:
+    total = (eps_pre + eps_sgd, 0 + delta_sgd).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def default_delta(n_rows: int, configured: float | None = None) -> float:
+    """delta = min(configured, 1 / n^1.1): always below 1/n for n > 1."""
+    auto = 1.0 / (max(int(n_rows), 2) ** 1.1)
+    return float(min(configured, auto)) if configured is not None else float(auto)
+
+
+def split_budget(target_epsilon: float, preprocessing_share: float) -> tuple[float, float]:
+    """(epsilon for preprocessing, epsilon for DP-SGD); they sum to the target exactly."""
+    if not 0 <= preprocessing_share < 1:
+        raise ValueError("preprocessing_share must be in [0, 1)")
+    eps_pre = float(target_epsilon) * float(preprocessing_share)
+    return eps_pre, float(target_epsilon) - eps_pre
+
+
+def laplace_histogram(codes: np.ndarray, sizes: list[int], epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """epsilon-DP joint histogram of integer-coded columns (Laplace mechanism, L1 sensitivity 1).
+
+    Returns non-negative noisy counts of shape `sizes` (post-processing: clipping at 0 is free).
+    With epsilon == 0 nothing is learnt: a uniform table is returned.
+    """
+    cells = int(np.prod(sizes)) if sizes else 1
+    if cells > 100_000:
+        raise ValueError(f"the conditioning columns have {cells} joint cells; condition on fewer columns")
+    if epsilon <= 0:
+        return np.ones(sizes or [1], dtype=float)
+    flat = np.ravel_multi_index(codes.T, sizes) if sizes else np.zeros(len(codes), dtype=int)
+    counts = np.bincount(flat, minlength=cells).astype(float)
+    noisy = counts + rng.laplace(0.0, 1.0 / epsilon, size=cells)
+    return np.clip(noisy, 0.0, None).reshape(sizes or [1])
+
+
+def histogram_to_probs(hist: np.ndarray) -> np.ndarray:
+    total = float(hist.sum())
+    if not math.isfinite(total) or total <= 0:
+        return np.full(hist.shape, 1.0 / hist.size)
+    return hist / total
+
+
+def laplace_tables(tables: list[np.ndarray], epsilon: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """epsilon-DP release of several count tables to which EVERY record adds exactly 1 count each.
+
+    One record changes the concatenated vector by 1 in each table: L1 sensitivity = len(tables), so
+    Laplace noise of scale len(tables) / epsilon on every cell gives epsilon-DP for the whole release.
+    Returns the raw noisy counts (post-process with `norm_sub`). epsilon == 0 releases nothing (uniform tables).
+    """
+    if epsilon <= 0:
+        return [np.ones_like(t, dtype=float) for t in tables]
+    scale = len(tables) / epsilon
+    return [t.astype(float) + rng.laplace(0.0, scale, size=t.shape) for t in tables]
+
+
+def norm_sub(noisy: np.ndarray) -> np.ndarray:
+    """Post-process a noisy count vector into non-negative counts with the same (unbiased) total.
+
+    Plain clipping at 0 leaves positive noise in every empty cell (inflating the tails); instead
+    subtract the constant d for which sum(max(noisy - d, 0)) equals the noisy total (norm-sub).
+    """
+    x = np.asarray(noisy, dtype=float).ravel()
+    total = float(x.sum())
+    if total <= 0 or not np.isfinite(total):
+        return np.full(x.shape, 1.0 / max(x.size, 1))
+    v = np.sort(x)[::-1]
+    csum = np.cumsum(v)
+    k = np.arange(1, v.size + 1)
+    d_candidates = (csum - total) / k
+    ok = v - d_candidates > 0
+    j = int(np.nonzero(ok)[0].max()) if ok.any() else 0
+    d = d_candidates[j]
+    return np.clip(x - d, 0.0, None).reshape(np.shape(noisy))
+
+
+def denoise_rows(noisy: np.ndarray, scale: float, k: float = 3.0) -> np.ndarray:
+    """Post-process a noisy (labels x cells) table: drop cells below k * Laplace scale (mostly noise; with
+    concentrated data they would otherwise spread mass into the public range's empty tails), keep each
+    row's noisy total. A row with nothing above the threshold borrows the pooled shape of all rows."""
+    x = np.asarray(noisy, dtype=float)
+    if scale <= 0:
+        return np.clip(x, 0.0, None)
+    pooled = x.sum(axis=0)
+    pooled_clean = np.where(pooled > k * scale * np.sqrt(x.shape[0]), pooled, 0.0)
+    if pooled_clean.sum() <= 0:
+        pooled_clean = np.clip(pooled, 0.0, None) + 1e-9
+    out = np.empty_like(x)
+    for i, row in enumerate(x):
+        total = max(float(row.sum()), 1.0)
+        clean = np.where(row > k * scale, row, 0.0)
+        shape = clean if clean.sum() > 0 else pooled_clean
+        out[i] = shape / shape.sum() * total
+    return out

@@ -1,0 +1,207 @@
+"""Tool: train a differentially private conditional GAN on a registered data source.
+
+Order of operations (privacy first):
+  1. validate the request (epsilon within privacy.max_epsilon_per_request, conditions valid);
+  2. check the source's budget, then charge the FULL target (epsilon, delta) to the ledger as two
+     lines - the DP preprocessing part and the DP-SGD part - BEFORE any real record is loaded;
+  3. load the records, split off a holdout (never trained on) by seed;
+  4. train, save the model (safetensors + manifest) into <workspace>/models/<model_id>/;
+  5. if tools.quality is installed, write a quality report on the holdout into the model folder.
+The model row records the epsilon actually spent (<= the charged target).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.base import ToolInputError, ToolResult, ToolSpec
+from tools.deps import Deps
+from tools.dpgan.privacy import default_delta, split_budget
+from tools.schema import ColumnType, SourceSchema
+from tools.workspace import BudgetExceeded, new_id, now_iso
+
+
+class TrainGeneratorArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="Registered data source to learn from, e.g. 'nhanes-2017-2018'.")
+    epsilon: float = Field(gt=0, description="Privacy budget epsilon to spend (smaller = more private, less accurate); 1 is a common choice.")
+    delta: float | None = Field(default=None, gt=0, lt=1, description="Privacy delta; leave empty for min(config, 1/n^1.1).")
+    conditions: list[str] | None = Field(default=None, description="Binary/categorical columns the generator is conditioned on; default the source's cohort column and sex.")
+    epochs: int | None = Field(default=None, gt=0, le=1000, description="Training epochs; leave empty for the configured default.")
+    accountant: str | None = Field(default=None, description="Privacy accountant: 'prv' (default) or 'rdp'.")
+    seed: int | None = Field(default=None, description="Random seed; the same seed gives the same model.")
+
+
+def default_conditions(schema: SourceSchema, cohort_column: str | None = None) -> list[str]:
+    out: list[str] = []
+    if cohort_column:
+        out.append(cohort_column)
+    elif schema.condition_columns:
+        out.append(schema.condition_columns[0])
+    if "sex" in schema.column_map() and "sex" not in out and schema.column("sex").type in (ColumnType.binary, ColumnType.categorical):
+        out.append("sex")
+    return out
+
+
+def validate_conditions(schema: SourceSchema, conditions: list[str]) -> list[str]:
+    valid = [c.name for c in schema.columns if c.type in (ColumnType.binary, ColumnType.categorical)]
+    seen: list[str] = []
+    for c in conditions:
+        if c not in valid:
+            raise ToolInputError(f"cannot condition on '{c}'; conditions must be binary or categorical columns of "
+                                 f"{schema.name}: {', '.join(valid)}")
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+def public_row_count(deps: Deps, source: str) -> int:
+    """The number of records (public metadata, used for the default delta)."""
+    row = deps.workspace.get("sources", "name", source)
+    if row is not None and row.get("n_rows"):
+        return int(row["n_rows"])
+    return int(deps.catalog.n_rows(source))
+
+
+def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None = None,
+                conditions: list[str] | None = None, epochs: int | None = None, accountant: str | None = None,
+                seed: int | None = None, cohort_column: str | None = None, what: str = "") -> dict[str, Any]:
+    """Charge, train, save and record a generator. Returns the models-table record plus a summary."""
+    from tools.dpgan import train_dpgan
+
+    settings = deps.settings
+    schema = deps.catalog.get(source)  # ToolInputError listing the sources
+    pv = settings.privacy
+    if not epsilon > 0:
+        raise ToolInputError("epsilon must be greater than 0")
+    if epsilon > pv.max_epsilon_per_request:
+        raise ToolInputError(f"epsilon {epsilon:g} is above the limit of {pv.max_epsilon_per_request:g} per request "
+                             f"(privacy.max_epsilon_per_request); ask for a smaller epsilon")
+    accountant = accountant or pv.accountant
+    if accountant not in ("prv", "rdp"):
+        raise ToolInputError(f"unknown accountant '{accountant}'; valid: prv, rdp")
+    conds = validate_conditions(schema, conditions if conditions else default_conditions(schema, cohort_column))
+    seed = settings.generation.seed if seed is None else int(seed)
+    epochs = epochs or settings.training.epochs
+    ws = deps.workspace
+    # 1) Budget check on epsilon before anything touches the data.
+    try:
+        ws.check_budget(source, epsilon, 0.0, pv.source_budget_epsilon, pv.source_budget_delta)
+    except BudgetExceeded as exc:
+        raise ToolInputError(str(exc)) from None
+    n_total = public_row_count(deps, source)
+    holdout_fraction = settings.training.holdout_fraction
+    n_holdout = int(round(n_total * holdout_fraction))
+    n_train = n_total - n_holdout
+    if n_train < 50:
+        raise ToolInputError(f"{source} has {n_total} records; at least 50 training records are needed")
+    if delta is None:
+        # min(config, 1/n^1.1), and at most a tenth of the source's delta budget so that it allows
+        # several trainings (the budget's delta is spent by basic composition too).
+        delta = min(default_delta(n_total, pv.target_delta), pv.source_budget_delta / 10)
+    elif delta >= 1.0 / n_train:
+        raise ToolInputError(f"delta {delta:g} is too large for {n_train} training records; use less than 1/n = {1.0 / n_train:.3g}")
+    eps_pre, eps_sgd = split_budget(epsilon, pv.preprocessing_share)
+    model_id = new_id("model")
+    run_id = new_id("run")
+    # 2) Charge the full target, as two ledger lines, before loading any record.
+    try:
+        ws.check_budget(source, epsilon, delta, pv.source_budget_epsilon, pv.source_budget_delta)
+        ws.charge(source, eps_pre, 0.0, "laplace-histogram", f"{what or 'train'} {model_id}: DP frequencies of "
+                  f"the conditioning columns", pv.source_budget_epsilon, pv.source_budget_delta, ref=model_id)
+        ws.charge(source, eps_sgd, delta, f"dp-sgd-opacus-{accountant}", f"{what or 'train'} {model_id}: "
+                  f"discriminator DP-SGD (target)", pv.source_budget_epsilon, pv.source_budget_delta, ref=model_id)
+    except BudgetExceeded as exc:
+        raise ToolInputError(str(exc)) from None
+    params = {"source": source, "epsilon": epsilon, "delta": delta, "conditions": conds, "epochs": epochs,
+              "accountant": accountant, "seed": seed, "model_id": model_id}
+    ws.insert("runs", {"id": run_id, "kind": "train", "started_at": now_iso(), "status": "running",
+                       "session": deps.session.name, "params_json": params})
+    model_dir = ws.models_dir / model_id
+    t0 = time.perf_counter()
+    try:
+        # 3) Only now load the real records; split the holdout off by seed.
+        frame = deps.catalog.load(source)
+        perm = np.random.default_rng(seed).permutation(len(frame))
+        n_hold = int(round(len(frame) * holdout_fraction))
+        holdout = frame.iloc[np.sort(perm[:n_hold])].reset_index(drop=True)
+        train = frame.iloc[np.sort(perm[n_hold:])].reset_index(drop=True)
+        del frame
+        model = train_dpgan(train, schema, target_epsilon=epsilon, target_delta=delta, conditions=conds,
+                            epochs=epochs, seed=seed, accountant=accountant, settings=settings.training,
+                            preprocessing_share=pv.preprocessing_share, progress=deps.progress)
+        seconds = time.perf_counter() - t0
+        extra = {"model_id": model_id, "source": source, "source_content_hash": deps.catalog.content_hash(source),
+                 "holdout_fraction": holdout_fraction, "holdout_seed": seed, "n_train": len(train),
+                 "n_holdout": len(holdout), "train_seconds": round(seconds, 2),
+                 "ledger": {"epsilon": epsilon, "delta": delta, "note": "the full target was charged before training"}}
+        model.save(model_dir, extra_manifest=extra)
+        quality = _quality_hook(model, train, holdout, schema, conds, model_dir)
+        manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+        record = {"id": model_id, "source": source, "created_at": now_iso(), "path": str(model_dir),
+                  "epsilon": model.epsilon, "delta": model.delta, "accountant": accountant, "seed": seed,
+                  "conditions_json": conds, "manifest_json": manifest}
+        ws.insert("models", record)
+    except BaseException as exc:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        ws.update_run(run_id, "failed", {"error": type(exc).__name__})
+        raise
+    summary = {
+        "model_id": model_id, "source": source, "epsilon": model.epsilon, "target_epsilon": epsilon, "delta": delta,
+        "accountant": accountant, "conditions": conds, "epochs": epochs, "seed": seed, "rows_trained": len(train),
+        "rows_held_out": len(holdout), "seconds": round(seconds, 1), "path": str(model_dir),
+        "epsilon_preprocessing": model.privacy_details.get("epsilon_preprocessing"),
+        "epsilon_dp_sgd": model.privacy_details.get("epsilon_dp_sgd"),
+        "noise_multiplier": model.privacy_details.get("noise_multiplier"), "quality": quality,
+    }
+    ws.update_run(run_id, "ok", summary)
+    deps.session.last_model = model_id
+    return {"record": record, "summary": summary, "model": model, "run_id": run_id}
+
+
+def _quality_hook(model: Any, train: Any, holdout: Any, schema: SourceSchema, conds: list[str], model_dir: Any) -> dict | None:
+    """QUALITY HOOK: when tools.quality.build_quality_report is importable, compare a synthetic sample with the
+    holdout (records training never saw) and write the report (quality.json, ...) into the model folder."""
+    try:
+        from tools.quality import build_quality_report
+    except ImportError:
+        return None
+    if len(holdout) == 0:
+        return None
+    synthetic = model.sample(len(train), seed=model.seed)
+    privacy = {"epsilon": model.epsilon, "delta": model.delta, "target_epsilon": model.target_epsilon,
+               "target_delta": model.target_delta, "accountant": model.accountant, "charges": model.charges}
+    report = build_quality_report(real_train=train, real_holdout=holdout, synthetic=synthetic, schema=schema,
+                                  label=conds[0] if conds else None, privacy=privacy, out_dir=model_dir,
+                                  seed=model.seed)
+    return {"dir": str(model_dir), "flags": report.get("flags") if isinstance(report, dict) else None,
+            "files": report.get("files") if isinstance(report, dict) else None}
+
+
+def train_generator(deps: Deps, args: TrainGeneratorArgs) -> ToolResult:
+    out = train_model(deps, args.source, args.epsilon, delta=args.delta, conditions=args.conditions,
+                      epochs=args.epochs, accountant=args.accountant, seed=args.seed)
+    s = out["summary"]
+    text = (f"Trained model {s['model_id']} on {s['rows_trained']} records of {s['source']} "
+            f"(conditioned on {', '.join(s['conditions']) or 'nothing'}): epsilon spent {s['epsilon']:.3g} of target "
+            f"{s['target_epsilon']:g}, delta {s['delta']:.2g}, accountant {s['accountant']}, {s['seconds']:.0f} s.")
+    return ToolResult(text=text, data=s, files=[s["path"]])
+
+
+SPEC = ToolSpec(
+    name="train_generator",
+    description=("Train a differentially private synthetic-data generator (conditional GAN with DP-SGD) on a "
+                 "registered real data source. Spends privacy budget from the source's ledger. Usually not needed: "
+                 "generate_cohort trains one when none fits."),
+    args_model=TrainGeneratorArgs,
+    func=train_generator,
+    examples=("train a generator on nhanes-2017-2018 with epsilon 1",
+              "train a DP model on NHANES with epsilon 3 using the rdp accountant"),
+)
