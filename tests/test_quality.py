@@ -299,3 +299,27 @@ def test_training_writes_the_report_and_report_for_rebuilds_it_identically(deps,
     assert again["built"] is True
     keep = ("exact_copy_rate", "mia_auc", "dcr_share_closer_to_train", "marginal_score", "epsilon")
     assert {k: again["report"]["summary"][k] for k in keep} == {k: first["report"]["summary"][k] for k in keep}
+
+
+def test_utility_leaves_out_columns_that_define_the_label():
+    import numpy as np
+    import pandas as pd
+
+    from tools.quality import utility
+    from tools.schema import Column, ColumnType
+
+    rng = np.random.default_rng(0)
+
+    def frame(n):
+        x = rng.uniform(3, 12, n)
+        return pd.DataFrame({"a1c": x, "noise": rng.uniform(0, 1, n), "label": (x >= 6.5).astype(int)})
+
+    cols = [Column(name="a1c", type=ColumnType.continuous, lower=3, upper=12),
+            Column(name="noise", type=ColumnType.continuous, lower=0, upper=1),
+            Column(name="label", type=ColumnType.binary)]
+    train, holdout, synth = frame(400), frame(400), frame(400)
+    leaky = utility(train, holdout, synth, cols, "label", 0, 5000)
+    fair = utility(train, holdout, synth, cols, "label", 0, 5000, exclude=["a1c"])
+    assert leaky["models"]["logistic_regression"]["trtr"] > 0.95
+    assert fair["excluded_features"] == ["a1c"]
+    assert fair["models"]["logistic_regression"]["trtr"] < 0.7

@@ -262,7 +262,7 @@ def _label_vector(s: pd.Series, col: Column) -> tuple[pd.Series, str]:
 
 
 def utility(train: pd.DataFrame, holdout: pd.DataFrame, synth: pd.DataFrame, cols: Sequence[Column], label: str,
-            seed: int, max_rows: int) -> dict[str, Any]:
+            seed: int, max_rows: int, exclude: Sequence[str] = ()) -> dict[str, Any]:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -275,7 +275,7 @@ def utility(train: pd.DataFrame, holdout: pd.DataFrame, synth: pd.DataFrame, col
     lab = cmap[label]
     if not (lab.type is ColumnType.binary or (lab.type is ColumnType.categorical and len(lab.categories or []) == 2)):
         return {"label": label, "skipped": f"label '{label}' is not a 0/1 column (or a category with two values)"}
-    feats = [c for c in cols if c.name != label]
+    feats = [c for c in cols if c.name != label and c.name not in set(exclude)]
     enc = _Encoder(feats, [train, holdout, synth])
     rng = np.random.default_rng(seed)
 
@@ -290,7 +290,8 @@ def utility(train: pd.DataFrame, holdout: pd.DataFrame, synth: pd.DataFrame, col
     x_tr, y_tr = xy(train)
     x_ho, y_ho = xy(holdout)
     x_sy, y_sy = xy(synth)
-    out: dict[str, Any] = {"label": label, "positive": meaning, "models": {}}
+    out: dict[str, Any] = {"label": label, "positive": meaning, "models": {},
+                           "excluded_features": [c for c in exclude if c in cmap]}
     if len(set(y_ho)) < 2:
         out["skipped"] = "the held-out real records have a single label value; AUROC is undefined"
         return out
@@ -621,7 +622,8 @@ def _build(real_train: pd.DataFrame, real_holdout: pd.DataFrame, synthetic: pd.D
     enc = _Encoder(cols, [train, holdout, synth])
 
     fid, corr = fidelity(holdout, synth_s, cols, enc, seed, min_cell)
-    util = utility(train, holdout, synth_s, cols, label, seed, max_rows) if label else None
+    util = (utility(train, holdout, synth_s, cols, label, seed, max_rows, exclude=schema.label_leakage.get(label, ()))
+            if label else None)
     priv, dists = privacy_metrics(train, holdout, synth, cols, enc, privacy, seed, max_rows)
     clin = clinical_validity(holdout, synth, cols, schema, profile, cohort, min_cell)
     report: dict[str, Any] = {
@@ -780,7 +782,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     elif util.get("skipped"):
         L.append(f"Label {util['label']}: skipped ({util['skipped']}).")
     else:
-        L += [f"Label: {util['positive']}.", "", "| model | TSTR AUROC | TRTR AUROC | ratio |", "|---|---|---|---|"]
+        left_out = util.get("excluded_features") or []
+        L += [f"Label: {util['positive']}." + (f" Left out of the features because they define or follow from the "
+                                               f"label: {', '.join(left_out)}." if left_out else ""),
+              "", "| model | TSTR AUROC | TRTR AUROC | ratio |", "|---|---|---|---|"]
         for name, v in util["models"].items():
             L.append(f"| {name.replace('_', ' ')} | {g(v.get('tstr'))} | {g(v.get('trtr'))} | {g(v.get('ratio'))} |")
     pv = report["privacy"]

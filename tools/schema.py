@@ -81,6 +81,9 @@ class SourceSchema(BaseModel):
     columns: list[Column]
     # Binary/categorical columns a generator may be conditioned on by default.
     condition_columns: list[str] = Field(default_factory=list)
+    # For a label column: the columns that define it or exist only because of it. Utility tests
+    # (train-on-synthetic, test-on-real) leave them out, or predicting the label would be trivial.
+    label_leakage: dict[str, list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> "SourceSchema":
@@ -88,6 +91,10 @@ class SourceSchema(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"columns repeat: {', '.join(dup)}")
+        for label, cols in self.label_leakage.items():
+            for c in [label, *cols]:
+                if c not in self.column_map():
+                    raise ValueError(f"label_leakage names '{c}', which is not a column of the source")
         for c in self.condition_columns:
             col = self.column_map().get(c)
             if col is None:
