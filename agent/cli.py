@@ -32,7 +32,7 @@ sources_app = typer.Typer(help="The data-source catalog: list, show and register
 app.add_typer(sources_app, name="sources")
 
 # Feature modules that add commands (each has `register(app)`), in --help order.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["agent.cli_agent", "agent.cli_web", "agent.cli_knowledge", "agent.cli_stats", "agent.cli_generate"]
 
 
 class Ctx:

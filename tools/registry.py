@@ -44,7 +44,14 @@ def default_registry() -> Registry:
     Each module defines a module-level ToolSpec named SPEC; imports here are light (no torch).
     """
     specs: list[ToolSpec] = []
-    from tools import generate_cohort, train_generator  # noqa: PLC0415
+    from tools import export, generate_cohort, privacy_budget, train_generator  # noqa: PLC0415
 
     specs += [generate_cohort.SPEC, train_generator.SPEC]
+    from tools import cohort_stats  # noqa: PLC0415
+
+    specs += [cohort_stats.SPEC]
+    specs += [privacy_budget.SPEC, export.SPEC]
+    from tools import provenance  # noqa: PLC0415
+
+    specs += [provenance.SPEC]
     return Registry(specs)
