@@ -122,6 +122,8 @@ def test_generate_cohort_end_to_end(tmp_path: Path) -> None:
     assert deps.session.last_dataset == data["dataset_id"] and deps.session.last_cohort["condition"] == "type-2-diabetes"
     assert "Fasting plasma glucose" in res.text and files["csv"] in res.text
     assert not any(p.name.startswith(".") for p in deps.workspace.datasets_dir.iterdir())  # no temp leftovers
+    # The data card was indexed as lineage right away (a provenance question finds this run).
+    assert data["dataset_id"] in deps.index.indexed_datasets()
     # A second request reuses the model: no new privacy charge.
     spent = deps.workspace.spent(SRC)
     res2 = generate_cohort(deps, GenerateCohortArgs(condition="t2d", n=50, source=SRC, seed=8))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -413,9 +414,24 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
         "id": dataset_id, "run_id": run_id, "model_id": model_id, "source": source, "condition": profile.id,
         "n_rows": len(frame), "dir": str(final), "epsilon": model.epsilon, "delta": model.delta,
         "created_at": card["created_at"], "session": deps.session.name, "card_json": card})
+    _index_lineage(deps, dataset_id)
     return {"dataset_id": dataset_id, "dir": str(final), "files": files, "n_rows": len(frame), "card": card,
             "source": source, "condition": profile.id, "model_id": model_id, "epsilon": model.epsilon,
             "delta": model.delta, "accountant": model.accountant}
+
+
+def _index_lineage(deps: Deps, dataset_id: str) -> None:
+    """Index the new data card in the knowledge index, so "which sources was this based on?" finds this run.
+
+    The data set is already written and recorded; if indexing fails, explain_provenance indexes the
+    card itself on first use, so the failure is logged (no data in the message) rather than raised.
+    """
+    from tools.knowledge_index import index_dataset
+
+    try:
+        index_dataset(deps, dataset_id)
+    except Exception as exc:  # noqa: BLE001 - the data set stands; lineage is re-indexed lazily
+        logging.getLogger(__name__).warning("could not index the data card of %s (%s)", dataset_id, type(exc).__name__)
 
 
 def _column_card(schema: SourceSchema, name: str) -> dict[str, Any]:
