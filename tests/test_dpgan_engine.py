@@ -47,6 +47,43 @@ def test_reported_epsilon_never_above_target(frame: pd.DataFrame, accountant: st
     assert m.history and all(h["epsilon_dp_sgd"] <= target for h in m.history)
 
 
+def test_histogram_only_preprocessing_charges_everything(frame: pd.DataFrame) -> None:
+    """marginal_weight 0: no per-column tables are released; the whole preprocessing share buys the
+    condition histogram, and preprocessing + DP-SGD still never exceed the target."""
+    delta = default_delta(len(frame))
+    m = train_dpgan(frame, FIXTURE_SCHEMA, target_epsilon=1.0, target_delta=delta, conditions=CONDS, seed=2,
+                    settings=fast_settings(epochs=2, marginal_weight=0.0), preprocessing_share=0.1)
+    pre = [c for c in m.charges if c["mechanism"] == "laplace-histogram"][0]
+    assert pre["epsilon"] == pytest.approx(0.1) and "marginals" not in pre["what"]
+    assert m.epsilon <= 1.0 and sum(c["epsilon"] for c in m.charges) == pytest.approx(m.epsilon)
+    assert m.cond_hist.shape == tuple(m.encoder.cond_sizes) and (m.cond_hist >= 0).all()
+    out = m.sample(200, seed=0, fixed={"diabetes": 1})
+    assert len(out) == 200 and (out["diabetes"].astype(int) == 1).all()
+
+
+@pytest.mark.parametrize("eps,delta,sens", [(0.2, 5e-5, 30 ** 0.5), (1.0, 1e-5, 1.0), (3.0, 1e-6, 4.0)])
+def test_analytic_gaussian_sigma_is_tight_and_valid(eps: float, delta: float, sens: float) -> None:
+    from tools.dpgan.privacy import _gaussian_delta, analytic_gaussian_sigma
+
+    sigma = analytic_gaussian_sigma(eps, delta, sens)
+    assert _gaussian_delta(eps, sigma, sens) <= delta  # (eps, delta)-DP (Balle & Wang 2018, Thm 8)
+    assert _gaussian_delta(eps, sigma * 0.999, sens) > delta  # and (nearly) the smallest such sigma
+    if eps < 1:  # never noisier than the classical calibration
+        assert sigma <= sens * (2 * np.log(1.25 / delta)) ** 0.5 / eps
+
+
+def test_gaussian_tables_compose_with_dp_sgd_within_target(frame: pd.DataFrame) -> None:
+    delta = default_delta(len(frame))
+    m = train_dpgan(frame, FIXTURE_SCHEMA, target_epsilon=1.0, target_delta=delta, conditions=CONDS, seed=3,
+                    settings=fast_settings(epochs=2, marginal_mechanism="gaussian"), preprocessing_share=0.3)
+    mech = [c["mechanism"] for c in m.charges]
+    assert mech[:2] == ["laplace-histogram", "gaussian-marginals"] and mech[2].startswith("dp-sgd")
+    # basic composition: epsilons and deltas add up, and neither sum exceeds its target
+    assert sum(c["epsilon"] for c in m.charges) == pytest.approx(m.epsilon) and m.epsilon <= 1.0
+    assert sum(c["delta"] for c in m.charges) == pytest.approx(delta) and m.delta == delta
+    assert sum(c["epsilon"] for c in m.charges[:2]) == pytest.approx(0.3)
+
+
 def test_default_delta_below_one_over_n() -> None:
     assert default_delta(1000) < 1 / 1000
     assert default_delta(1000, 1e-9) == 1e-9

@@ -114,9 +114,17 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
     # 2) Charge the full target, as two ledger lines, before loading any record.
     try:
         ws.check_budget(source, epsilon, delta, pv.source_budget_epsilon, pv.source_budget_delta)
-        ws.charge(source, eps_pre, 0.0, "laplace-histogram", f"{what or 'train'} {model_id}: DP frequencies of "
-                  f"the conditioning columns", pv.source_budget_epsilon, pv.source_budget_delta, ref=model_id)
-        ws.charge(source, eps_sgd, delta, f"dp-sgd-opacus-{accountant}", f"{what or 'train'} {model_id}: "
+        # The same split the engine uses: with Gaussian per-column tables, half of delta goes to them
+        # (charged even if the engine ends up releasing no table: overcharging is safe, undercharging is not).
+        ts = settings.training
+        gaussian = ts.marginal_weight > 0 and ts.marginal_mechanism == "gaussian" and eps_pre > 0
+        delta_pre = delta * 0.5 if gaussian else 0.0
+        mech_pre = "laplace-histogram+gaussian-marginals" if gaussian else (
+            "laplace-histogram+laplace-marginals" if ts.marginal_weight > 0 else "laplace-histogram")
+        ws.charge(source, eps_pre, delta_pre, mech_pre, f"{what or 'train'} {model_id}: DP frequencies of the "
+                  f"conditioning columns and per-column tables", pv.source_budget_epsilon, pv.source_budget_delta,
+                  ref=model_id)
+        ws.charge(source, eps_sgd, delta - delta_pre, f"dp-sgd-opacus-{accountant}", f"{what or 'train'} {model_id}: "
                   f"discriminator DP-SGD (target)", pv.source_budget_epsilon, pv.source_budget_delta, ref=model_id)
     except BudgetExceeded as exc:
         raise ToolInputError(str(exc)) from None

@@ -157,7 +157,11 @@ class TrainedGenerator:
         cell_p = self._allowed_cells(filters)
         sizes = list(self.cond_hist.shape)
         rest = [f for f in filters]
-        need_rejection = bool(rest) or where is not None
+        # A conditioning column that a consistency rule re-derives (the ADA diabetes flag from HbA1c and
+        # the diagnosis) must end up equal to the condition the record was generated for; otherwise the
+        # label no longer matches the features the generator produced for it. Such records are rejected.
+        derived = self._rule_derived_conditions()
+        need_rejection = bool(rest) or where is not None or bool(derived)
         kept: list[pd.DataFrame] = []
         have, tried = 0, 0
         limit = max_tries or max(MIN_TRIES * 20, count * MAX_TRIES_PER_ROW)
@@ -175,6 +179,12 @@ class TrainedGenerator:
                     mask &= f.mask(frame)
                 if where is not None:
                     mask &= np.asarray(where(frame), dtype=bool)
+                for j, b in derived:
+                    want = self.encoder._discrete_series(b, codes[:, j])
+                    got = frame[b.name]
+                    unknown = want.isna().to_numpy() | got.isna().to_numpy()
+                    same = want.astype(object).astype(str).to_numpy() == got.astype(object).astype(str).to_numpy()
+                    mask &= unknown | same
                 frame = frame.loc[mask]
             kept.append(frame)
             have += len(frame)
@@ -183,6 +193,14 @@ class TrainedGenerator:
                 raise ToolInputError(self._impossible_message(filters, where, have, tried, stratum))
         out = pd.concat(kept, ignore_index=True).iloc[:count].reset_index(drop=True)
         return out
+
+    def _rule_derived_conditions(self) -> list[tuple[int, Any]]:
+        """(index, block) of the conditioning columns that `apply_rules` may rewrite."""
+        if not self.consistency_rules:
+            return []
+        cols = set(self.schema.column_map())
+        rewritten = {"diabetes"} if {"diabetes", "diabetes_diagnosed", "hba1c_pct"} <= cols else set()
+        return [(j, b) for j, b in enumerate(self.encoder.cond_blocks) if b.name in rewritten]
 
     def _impossible_message(self, filters: list[Filter], where: Predicate | None, have: int, tried: int,
                             stratum: Stratum) -> str:

@@ -3,9 +3,9 @@
 Neighbouring data sets differ by adding or removing one record (the relation Opacus' accountants
 use), so one record changes a histogram count by exactly 1: L1 sensitivity 1.
 
-Composition: the preprocessing release (pure epsilon, Laplace) and DP-SGD ((epsilon, delta) from
-the PRV or RDP accountant) compose by basic sequential composition:
-    total = (eps_pre + eps_sgd, 0 + delta_sgd).
+Composition: the preprocessing releases (Laplace: pure epsilon; analytic Gaussian: (epsilon, delta))
+and DP-SGD ((epsilon, delta) from the PRV or RDP accountant) compose by basic sequential composition:
+    total = (eps_hist + eps_tables + eps_sgd, 0 + delta_tables + delta_sgd).
 """
 
 from __future__ import annotations
@@ -104,3 +104,46 @@ def denoise_rows(noisy: np.ndarray, scale: float, k: float = 3.0) -> np.ndarray:
         shape = clean if clean.sum() > 0 else pooled_clean
         out[i] = shape / shape.sum() * total
     return out
+
+
+def _gaussian_delta(epsilon: float, sigma: float, sensitivity: float) -> float:
+    """Exact delta of the Gaussian mechanism (Balle & Wang 2018, Theorem 8) at this epsilon."""
+    from scipy.stats import norm
+
+    a = sensitivity / (2.0 * sigma)
+    b = epsilon * sigma / sensitivity
+    return float(norm.cdf(a - b) - math.exp(epsilon) * norm.cdf(-a - b))
+
+
+def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
+    """Smallest noise std (to 1e-6 relative, rounded up) for which the Gaussian mechanism with this L2
+    sensitivity is (epsilon, delta)-DP, by the analytic Gaussian mechanism (Balle & Wang 2018): valid
+    for every epsilon > 0 (the classical sqrt(2 ln(1.25/delta)) bound needs epsilon < 1 and is looser)."""
+    if epsilon <= 0 or not 0 < delta < 1 or sensitivity <= 0:
+        raise ValueError("analytic Gaussian needs epsilon > 0, 0 < delta < 1 and a positive sensitivity")
+    lo, hi = 1e-6 * sensitivity, sensitivity
+    while _gaussian_delta(epsilon, hi, sensitivity) > delta:
+        hi *= 2.0
+    for _ in range(200):  # delta is decreasing in sigma: bisect, keep the feasible (upper) end
+        mid = (lo + hi) / 2
+        if _gaussian_delta(epsilon, mid, sensitivity) > delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-6 * hi:
+            break
+    return float(hi)
+
+
+def gaussian_tables(tables: list[np.ndarray], epsilon: float, delta: float,
+                    rng: np.random.Generator) -> tuple[list[np.ndarray], float]:
+    """(epsilon, delta)-DP release of several count tables to which EVERY record adds exactly 1 count each.
+
+    One record changes the concatenated vector by 1 in len(tables) cells: L2 sensitivity sqrt(len(tables))
+    (the Laplace release needs L1 = len(tables)); Gaussian noise calibrated by `analytic_gaussian_sigma`.
+    Returns (noisy counts, sigma). epsilon == 0 releases nothing (uniform tables, sigma 0).
+    """
+    if epsilon <= 0 or not tables:
+        return [np.ones_like(t, dtype=float) for t in tables], 0.0
+    sigma = analytic_gaussian_sigma(epsilon, delta, math.sqrt(len(tables)))
+    return [t.astype(float) + rng.normal(0.0, sigma, size=t.shape) for t in tables], sigma

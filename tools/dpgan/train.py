@@ -1,14 +1,18 @@
 """DP training of the conditional GAN.
 
 Privacy (add/remove-one-record neighbours):
-  1. preprocessing: the joint histogram of the conditioning columns, Laplace mechanism,
-     epsilon_pre = preprocessing_share * target_epsilon (pure DP, delta 0);
+  1. preprocessing, epsilon_pre = preprocessing_share * target_epsilon: the joint histogram of the
+     conditioning columns (Laplace, pure DP) and, when marginal_weight > 0, the per-column marginal
+     tables by the first conditioning column, released jointly with the analytic Gaussian mechanism
+     (L2 sensitivity sqrt(#tables), delta_pre = target_delta / 2; marginal_mechanism "gaussian", the
+     default) or Laplace (L1 sensitivity #tables, delta 0; "laplace");
   2. the discriminator trains with Opacus DP-SGD (per-sample clipping, Gaussian noise, Poisson
      sampling), calibrated by `make_private_with_epsilon` to epsilon_sgd = target - epsilon_pre at
-     target_delta with the chosen accountant (PRV default, RDP option);
+     target_delta - delta_pre with the chosen accountant (PRV default, RDP option);
   3. the generator only ever sees the discriminator's output: post-processing, no extra cost.
 The spent epsilon is read back from the accountant after training and asserted <= epsilon_sgd;
-the reported total is epsilon_pre + spent <= target (basic composition).
+the reported total is epsilon_pre + spent <= target and delta_pre + delta_sgd = target_delta (basic
+composition of the parts).
 
 Each discriminator step sees one Poisson batch of real records plus a FIXED number of generated
 records (the expected batch size), so one real record's presence changes the clipped gradient sum
@@ -29,7 +33,7 @@ from tools.base import NullProgress, Progress
 from tools.config import TrainingSettings
 from tools.dpgan.encoding import TableEncoder
 from tools.dpgan.model import TrainedGenerator
-from tools.dpgan.privacy import denoise_rows, laplace_tables, norm_sub, split_budget
+from tools.dpgan.privacy import denoise_rows, gaussian_tables, laplace_tables, norm_sub, split_budget
 from tools.schema import SourceSchema
 
 
@@ -84,24 +88,41 @@ def train_dpgan(
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    hist, marginals = dp_tables(frame, enc, codes, eps_pre, rng, settings.marginal_bins)
+    # Per-column tables are only released when the generator is fitted to them (marginal_weight > 0);
+    # otherwise the whole preprocessing share buys the joint condition histogram alone.
+    with_tables = settings.marginal_weight > 0 and bool(enc.blocks) and eps_pre > 0
+    # Gaussian tables spend a share of delta too (basic composition: the deltas add up to target_delta).
+    delta_pre = target_delta * 0.5 if (with_tables and settings.marginal_mechanism == "gaussian") else 0.0
+    delta_sgd = float(target_delta) - delta_pre
+    hist, marginals, eps_hist, sigma_tables = dp_tables(frame, enc, codes, eps_pre, rng, settings.marginal_bins,
+                                                        with_tables=with_tables, delta=delta_pre)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="opacus")
         warnings.filterwarnings("ignore", message=".*(Full backward hook|Secure RNG|Optimal order).*")
-        result = _calibrated(x_np, c_np, enc, hist, marginals, eps_sgd=eps_sgd, delta=target_delta, epochs=epochs,
+        result = _calibrated(x_np, c_np, enc, hist, marginals, eps_sgd=eps_sgd, delta=delta_sgd, epochs=epochs,
                              batch_size=bs, seed=seed, accountant=accountant, settings=settings, progress=progress,
                              threads=threads, old_threads=old_threads)
     spent = float(result["spent"])
     total = eps_pre + spent
     if not (spent <= eps_sgd + 1e-12 and total <= target_epsilon + 1e-9):  # never report above the target
         raise PrivacyOverrun(f"privacy accounting overran the target: {total} > {target_epsilon}")
-    charges = [
-        {"mechanism": "laplace-histogram", "what": f"joint frequencies of the conditioning columns "
-         f"({', '.join(conditions) or 'none'}) and per-column marginals by {conditions[0] if conditions else 'nothing'}",
-         "epsilon": eps_pre, "delta": 0.0},
-        {"mechanism": f"dp-sgd-opacus-{accountant}", "what": "discriminator training (Poisson sampling)",
-         "epsilon": spent, "delta": float(target_delta)},
-    ]
+    by = conditions[0] if conditions else "nothing"
+    if marginals and delta_pre > 0:
+        charges = [
+            {"mechanism": "laplace-histogram", "what": f"joint frequencies of the conditioning columns "
+             f"({', '.join(conditions) or 'none'})", "epsilon": eps_hist, "delta": 0.0},
+            {"mechanism": "gaussian-marginals", "what": f"per-column marginals by {by} (analytic Gaussian, "
+             f"L2 sensitivity sqrt({len(marginals)}), sigma {sigma_tables:.4g})",
+             "epsilon": eps_pre - eps_hist, "delta": delta_pre},
+        ]
+    else:
+        charges = [
+            {"mechanism": "laplace-histogram", "what": f"joint frequencies of the conditioning columns "
+             f"({', '.join(conditions) or 'none'})" + (f" and per-column marginals by {by}" if marginals else ""),
+             "epsilon": eps_pre, "delta": 0.0},
+        ]
+    charges.append({"mechanism": f"dp-sgd-opacus-{accountant}", "what": "discriminator training (Poisson sampling)",
+                    "epsilon": spent, "delta": delta_sgd})
     hp = {
         "epochs": epochs, "batch_size": bs, "max_grad_norm": settings.max_grad_norm,
         "generator_lr": settings.generator_lr, "discriminator_lr": settings.discriminator_lr,
@@ -112,11 +133,12 @@ def train_dpgan(
         "numeric_bins": settings.numeric_bins, "marginal_weight": settings.marginal_weight,
         "marginal_bins": settings.marginal_bins, "moment_weight": settings.moment_weight,
         "moment_weight_adversarial": settings.moment_weight_adversarial,
-        "marginal_pretrain_steps": settings.marginal_pretrain_steps,
+        "marginal_pretrain_steps": settings.marginal_pretrain_steps, "marginal_mechanism": settings.marginal_mechanism,
         "preprocessing_share": preprocessing_share, "n_train": n,
     }
     details = {
-        "epsilon_preprocessing": eps_pre, "epsilon_dp_sgd": spent, "epsilon_dp_sgd_share": eps_sgd,
+        "epsilon_preprocessing": eps_pre, "delta_preprocessing": delta_pre, "delta_dp_sgd": delta_sgd,
+        "epsilon_dp_sgd": spent, "epsilon_dp_sgd_share": eps_sgd,
         "noise_multiplier": result["sigma"], "sample_rate": result["sample_rate"], "steps": result["steps"],
         "neighbouring": "add/remove one record", "seconds": result["seconds"],
     }
@@ -148,7 +170,8 @@ def _calibrated(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
 
 
 def dp_tables(frame: pd.DataFrame, enc: TableEncoder, codes: np.ndarray, eps_pre: float,
-              rng: np.random.Generator, bins: int) -> tuple[np.ndarray, list[np.ndarray]]:
+              rng: np.random.Generator, bins: int, with_tables: bool = True,
+              delta: float = 0.0) -> tuple[np.ndarray, list, float, float]:
     """One epsilon_pre-DP Laplace release: the joint histogram of the conditioning columns and, for every
     generated column, its marginal over public cells split by the first conditioning column."""
     sizes = enc.cond_sizes
@@ -156,10 +179,15 @@ def dp_tables(frame: pd.DataFrame, enc: TableEncoder, codes: np.ndarray, eps_pre
     if cells > 100_000:
         raise ValueError(f"the conditioning columns have {cells} joint cells; condition on fewer columns")
     flat = np.ravel_multi_index(codes.T, sizes) if sizes else np.zeros(len(frame), dtype=int)
-    # Half of epsilon_pre for the joint condition histogram alone (it sets cohort prevalence and the
-    # shares the sampler reproduces), half for the per-column tables (sequential composition).
-    eps_hist = eps_pre / 2 if enc.blocks else eps_pre
+    # Part of epsilon_pre for the joint condition histogram alone (it sets cohort prevalence and the
+    # shares the sampler reproduces; a quarter with Gaussian tables, half with Laplace ones), the rest for
+    # the per-column tables (sequential composition).
+    # Without per-column tables (with_tables=False) the joint histogram gets all of epsilon_pre and the
+    # returned marginals list is empty.
+    eps_hist = (eps_pre / 4 if delta > 0 else eps_pre / 2) if (enc.blocks and with_tables) else eps_pre
     hist = norm_sub(laplace_tables([np.bincount(flat, minlength=cells).astype(float)], eps_hist, rng)[0])
+    if not with_tables:
+        return hist.reshape(sizes or [1]), [], eps_hist, 0.0
     eps_pre = eps_pre - eps_hist
     tables: list[np.ndarray] = []
     label = codes[:, 0] if sizes else np.zeros(len(frame), dtype=int)
@@ -168,9 +196,12 @@ def dp_tables(frame: pd.DataFrame, enc: TableEncoder, codes: np.ndarray, eps_pre
         t = np.zeros((n_label, enc.marginal_cells(b, bins)))
         np.add.at(t, (label, enc.marginal_codes(frame, b, bins)), 1.0)
         tables.append(t)
-    noisy = laplace_tables(tables, eps_pre, rng)
+    if delta > 0:  # one joint Gaussian release: L2 sensitivity sqrt(#tables) instead of L1 #tables
+        noisy, scale = gaussian_tables(tables, eps_pre, delta, rng)
+    else:
+        noisy = laplace_tables(tables, eps_pre, rng)
+        scale = len(tables) / eps_pre if eps_pre > 0 else 0.0
     hist = hist.reshape(sizes or [1])
-    scale = len(tables) / eps_pre if eps_pre > 0 else 0.0
     out = []
     for b, t in zip(enc.blocks, noisy):
         if b.kind == "numeric":
@@ -182,7 +213,7 @@ def dp_tables(frame: pd.DataFrame, enc: TableEncoder, codes: np.ndarray, eps_pre
                         "label_rows": denoise_rows(t, scale)})
         else:
             out.append(denoise_rows(t, scale))
-    return hist, out
+    return hist, out, eps_hist, scale
 
 
 def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.ndarray, marginals: list[np.ndarray], *, eps_sgd_target: float,
