@@ -272,6 +272,10 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
     strata = parse_proportions(args.proportions, schema)
     cols = schema.column_map()
     conditions = [c for c in ([plan["cohort_column"]] if plan["cohort_column"] else [])]
+    # Binary columns of the cohort definition (e.g. diabetes_diagnosed) are conditioned on too: their
+    # joint DP histogram is cheap and keeps their share inside the cohort realistic (measured at
+    # epsilon 1: diagnosed share 0.86-0.88 vs 0.82 real, instead of 0.72-0.77).
+    conditions += [c for c in plan["rule_columns"] if c not in conditions and cols[c].type is ColumnType.binary]
     if "sex" in cols and cols["sex"].type in (ColumnType.binary, ColumnType.categorical):
         conditions.append("sex")
     if not conditions:
