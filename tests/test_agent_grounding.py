@@ -61,3 +61,24 @@ def test_unsafe_requests_are_declined(text):
 ])
 def test_ordinary_requests_pass(text):
     check_request(text)
+
+
+def test_invented_optional_number_without_a_role_is_dropped():
+    from pydantic import BaseModel, Field
+
+    from agent.grounding import extract_facts, ground_args
+    from tools.base import SessionState, ToolResult, ToolSpec
+    from tools.config import load_settings
+
+    class Args(BaseModel):
+        question: str
+        k: int = Field(4, ge=1, le=8)
+
+    spec = ToolSpec(name="explain_provenance", description="d", args_model=Args, func=lambda d, a: ToolResult(text=""))
+    settings = load_settings(env={}, workspace_config=False)
+    text = "which real-world data sources and guidelines was this based on?"
+    out, notes = ground_args(spec, {"question": text, "k": 20}, extract_facts(text), SessionState(), settings)
+    assert "k" not in out and any(n.startswith("k: dropped") for n in notes)
+    text2 = "give me the top 3 passages about epsilon"
+    out2, _ = ground_args(spec, {"question": text2, "k": 3}, extract_facts(text2), SessionState(), settings)
+    assert out2["k"] == 3
