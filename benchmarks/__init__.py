@@ -1,0 +1,1 @@
+"""Reproducible side-by-side benchmarks of synthehr against peers (see README.md)."""

@@ -1,0 +1,209 @@
+"""Fast checks of the benchmark's metrics, CSV loading and report rendering on tiny synthetic frames.
+
+No peer virtual environments and no real patient rows: every frame here is generated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+# opacus 1.6 ships a stray top-level `benchmarks` package; make sure the repository's one is imported.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if sys.path[0] != _ROOT:
+    sys.path.insert(0, _ROOT)
+_stray = sys.modules.get("benchmarks")
+if _stray is not None and not str(getattr(_stray, "__file__", "")).startswith(_ROOT):
+    del sys.modules["benchmarks"]
+
+from benchmarks import data as bdata  # noqa: E402
+from benchmarks import metrics  # noqa: E402
+from benchmarks import run as brun  # noqa: E402
+
+SPEC = [
+    {"name": "age", "type": "integer", "lower": 18, "upper": 90, "categories": None},
+    {"name": "bmi", "type": "continuous", "lower": 12, "upper": 70, "categories": None},
+    {"name": "smoker", "type": "binary", "lower": None, "upper": None, "categories": None},
+    {"name": "region", "type": "categorical", "lower": None, "upper": None, "categories": ["north", "south", "west"]},
+    {"name": "outcome", "type": "binary", "lower": None, "upper": None, "categories": None},
+]
+
+
+def fake_frame(n: int, seed: int, *, signal: float = 2.0) -> pd.DataFrame:
+    """A synthetic cohort whose outcome depends on age and BMI (made up, not patient data)."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(18, 90, n)
+    bmi = rng.normal(28, 5, n).clip(12, 70)
+    smoker = rng.integers(0, 2, n)
+    region = rng.choice(["north", "south", "west"], n)
+    logit = signal * ((age - 50) / 20 + (bmi - 28) / 5) - 0.5
+    outcome = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return pd.DataFrame({"age": age, "bmi": bmi, "smoker": smoker, "region": region, "outcome": outcome})
+
+
+def test_trtr_and_tstr_rank_informative_data_above_noise() -> None:
+    train, holdout = fake_frame(400, 0), fake_frame(200, 1)
+    real = metrics.trtr(train, holdout, SPEC, "outcome", seed=0)
+    assert real["lr"] > 0.8 and real["gb"] > 0.75
+    # "Synthetic" data whose label is inverted teaches the opposite ranking: TSTR far below 0.5,
+    # which shows the classifiers are fitted on the synthetic frame and scored on the real holdout.
+    inverted = train.assign(outcome=1 - train["outcome"])
+    res = metrics.auroc_scores(inverted, holdout, SPEC, "outcome", seed=0)
+    assert res["lr"] < 0.2 and res["mean"] < 0.3
+
+
+def test_single_class_synthetic_label_scores_half() -> None:
+    train, holdout = fake_frame(200, 0), fake_frame(100, 1)
+    synth = train.assign(outcome=0)
+    res = metrics.auroc_scores(synth, holdout, SPEC, "outcome")
+    assert res == {"single_class": True, "lr": 0.5, "gb": 0.5, "mean": 0.5}
+
+
+def test_fidelity_is_one_for_identical_and_lower_for_shifted() -> None:
+    train = fake_frame(400, 0)
+    same = metrics.column_fidelity(train, train.copy(), SPEC)
+    assert all(v == pytest.approx(1.0) for v in same.values())
+    shifted = train.assign(bmi=train["bmi"] + 10, region="north")
+    fid = metrics.column_fidelity(train, shifted, SPEC)
+    assert fid["bmi"] < 0.5 and fid["region"] < 0.5 and fid["age"] == pytest.approx(1.0)
+    assert metrics.correlation_difference(train, train.copy(), SPEC) == pytest.approx(0.0)
+
+
+def test_ks_and_tvd_basics() -> None:
+    a = np.arange(100, dtype=float)
+    assert metrics.ks_statistic(a, a) == 0.0
+    assert metrics.ks_statistic(a, a + 1000) == 1.0
+    assert metrics.ks_statistic(a, np.array([np.nan])) == 1.0
+    assert metrics.tvd(pd.Series(["x", "y"]), pd.Series(["x", "x"])) == pytest.approx(0.5)
+    # Floats holding integers compare equal to their integer form.
+    assert metrics.tvd(pd.Series([1, 0]), pd.Series([1.0, 0.0])) == 0.0
+
+
+def test_dcr_flags_copies_of_training_rows() -> None:
+    train, holdout = fake_frame(300, 0), fake_frame(300, 1)
+    copied = metrics.dcr(train.copy(), train, holdout, SPEC, seed=0)
+    assert copied["exact_match_rate"] == pytest.approx(1.0)
+    assert copied["share_closer_to_train"] > 0.9 and copied["dcr_ratio"] < 0.1
+    fresh = metrics.dcr(fake_frame(300, 7), train, holdout, SPEC, seed=0)
+    assert 0.3 < fresh["share_closer_to_train"] < 0.7
+    assert fresh["exact_match_rate"] == 0.0
+
+
+def test_metrics_tolerate_missing_and_unknown_values_in_synthetic_data() -> None:
+    train, holdout = fake_frame(300, 0), fake_frame(150, 1)
+    synth = fake_frame(300, 3).astype({"bmi": float, "region": object})
+    synth.loc[:10, "bmi"] = np.nan
+    synth.loc[:5, "region"] = "atlantis"
+    res = metrics.evaluate(synth, train, holdout, SPEC, "outcome", seed=0)
+    assert 0 <= res["tstr_mean"] <= 1 and 0 < res["fidelity"] <= 1
+    assert res["synthetic_missing_rate"] > 0
+    with pytest.raises(ValueError, match="lacks columns"):
+        metrics.evaluate(synth.drop(columns="bmi"), train, holdout, SPEC, "outcome")
+
+
+def test_csv_loading_infers_schema_and_codes_the_label(tmp_path: Path) -> None:
+    frame = fake_frame(120, 4)
+    frame["Outcome Label"] = np.where(frame.pop("outcome") == 1, "yes", "no")
+    frame.loc[3, "bmi"] = np.nan  # incomplete rows are dropped
+    path = tmp_path / "cohort.csv"
+    frame.to_csv(path, index=False)
+    bd = bdata.load_csv(path, "Outcome Label")
+    assert bd.label == "outcome_label"
+    assert bd.schema.columns[-1].name == "outcome_label"
+    types = {c.name: c.type.value for c in bd.schema.columns}
+    assert types == {"age": "integer", "bmi": "continuous", "smoker": "binary", "region": "categorical",
+                     "outcome_label": "binary"}
+    assert len(bd.frame) == 119 and bd.rows_before == 120
+    assert set(bd.frame["outcome_label"].astype(int)) == {0, 1}
+    assert any("'yes' coded as 1" in n for n in bd.notes)
+    train, holdout = bdata.split(bd, seed=0, holdout_share=0.3)
+    assert len(train) + len(holdout) == len(bd.frame)
+    # A CSV round trip in the peers' format keeps the declared types.
+    out = bdata.to_csv_frame(train, bd.schema)
+    assert out["region"].isin(["north", "south", "west"]).all()
+    res = metrics.evaluate(train, train, holdout, bd.spec, bd.label)
+    assert res["fidelity"] == pytest.approx(1.0)
+
+
+def test_csv_loading_rejects_bad_labels(tmp_path: Path) -> None:
+    frame = fake_frame(60, 5)
+    frame["outcome"] = np.arange(60) % 3
+    path = tmp_path / "three.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="exactly two values"):
+        bdata.load_csv(path, "outcome")
+    with pytest.raises(ValueError, match="not found"):
+        bdata.load_csv(path, "nope")
+
+
+def test_peer_postprocess_clips_and_cleans() -> None:
+    sys.path.insert(0, str(Path(brun.PEERS_DIR)))
+    try:
+        from _common import postprocess  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    raw = pd.DataFrame({"age": [10.4, 50.6], "bmi": [80.0, 20.0], "smoker": [0.7, 0.2], "region": ["west", "mars"],
+                        "outcome": [1, 0]})
+    out = postprocess(raw, SPEC)
+    assert out["age"].tolist() == [18.0, 51.0] and out["bmi"].tolist() == [70.0, 20.0]
+    assert out["smoker"].tolist() == [1.0, 0.0]
+    assert out["region"].iloc[0] == "west" and pd.isna(out["region"].iloc[1])
+
+
+def test_summary_targets_and_markdown_render() -> None:
+    runs = []
+    for seed in (0, 1):
+        for method, eps, tstr, rep in [("synthehr", 1.0, 0.75, 0.99), ("mst", 1.0, 0.70, 1.0), ("synthehr", 3.0, 0.78, 2.9),
+                                       ("dpctgan", 1.0, 0.65, 1.07), ("ctgan", None, 0.8, None)]:
+            runs.append({"dataset": "nhanes-t2d", "seed": seed, "method": method, "target_epsilon": eps, "status": "ok",
+                         "tstr_lr": tstr, "tstr_gb": tstr, "tstr_mean": tstr, "tstr_over_trtr": tstr / 0.8,
+                         "fidelity": 0.9, "corr_diff": 0.05, "dcr_ratio": 1.0, "share_closer_to_train": 0.5,
+                         "fit_seconds": 10.0, "row_epochs_per_s": 6000.0 if method == "synthehr" else None,
+                         "sample_rows_per_s": 300000.0, "reported_epsilon": rep, "epochs_run": 30.0,
+                         "overshoot": bool(rep and eps and rep > eps)})
+    result = {
+        "run_id": "test", "date_utc": "2026-01-01T00:00:00+00:00", "wall_seconds": 60.0, "command": "python -m benchmarks.run",
+        "machine": {"cores": 2, "cpu_model": "cpu", "platform": "linux", "python": "3.11", "versions": {},
+                    "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [1.0, 1.0, 1.0]},
+        "settings": {"eps": [1.0, 3.0], "seeds": [0, 1], "methods": list(brun.ALL_METHODS), "gan_epochs": 30,
+                     "batch_size_peers": 500, "synthehr_batch_size": None, "aim_rounds": 32, "bins": 20, "holdout": 0.3,
+                     "throughput_rows": 1000, "threads": 1, "time_budget_min": 40, "delta": "1/n^1.1"},
+        "datasets": [{"name": "nhanes-t2d", "description": "fake", "rows_with_label": 10, "rows_complete": 10,
+                      "columns": SPEC, "label": "outcome", "positive_rate": 0.2, "notes": []}],
+        "venv_errors": {}, "peer_versions": {},
+        "trtr": [{"dataset": "nhanes-t2d", "seed": s, "train_rows": 7, "holdout_rows": 3, "trtr_lr": 0.8, "trtr_gb": 0.8,
+                  "trtr_mean": 0.8} for s in (0, 1)],
+        "runs": runs,
+    }
+    summary = brun.summarise(result)
+    targets = {t["target"].split(": ", 1)[1]: t for t in summary["targets"]}
+    assert targets["TSTR AUROC at eps=1 >= best DP peer"]["pass"]
+    assert targets["TSTR AUROC at eps=3 >= 0.93 x TRTR"]["pass"]  # 0.78 >= 0.744
+    assert targets["synthehr training >= 5,000 row-epochs/s"]["pass"]
+    dpctgan = next(r for r in summary["rows"] if r["method"] == "dpctgan")
+    assert dpctgan["overshoot_runs"] == 2 and dpctgan["reported_epsilon_max"] == pytest.approx(1.07)
+    result["summary"] = summary
+    md = brun.render_markdown(result)
+    assert "| SmartNoise DP-CTGAN | 1 | 1.070 | **YES** (2) |" in md
+    assert "∞ (no DP)" in md and "## Team targets" in md
+    # The JSON written is strict (no NaN/Infinity).
+    text = json.dumps(brun._finite({"a": math.inf, "b": [math.nan, 1.0]}), allow_nan=False)
+    assert json.loads(text) == {"a": None, "b": [None, 1.0]}
+
+
+def test_cli_arguments() -> None:
+    args = brun.parse_args(["--quick"])
+    assert args.seed_list == [0] and args.eps_list == [1.0, 3.0]
+    full = brun.parse_args([])
+    assert full.seed_list == [0, 1, 2] and full.eps_list == [1.0, 3.0, 10.0]
+    with pytest.raises(SystemExit):
+        brun.parse_args(["--csv", "x.csv"])  # --label missing
+    with pytest.raises(SystemExit):
+        brun.parse_args(["--methods", "synthehr,gpt"])
