@@ -164,27 +164,24 @@ def _split_long(body: str, limit: int) -> list[str]:
         if len(para) <= limit:
             pieces.append(para)
             continue
-        sentences = re.split(r"(?<=[.!?])\s+", para)
-        buf = ""
-        for s in sentences:
-            if buf and len(buf) + 1 + len(s) > limit:
-                pieces.append(buf)
-                buf = s
-            else:
-                buf = f"{buf} {s}".strip()
-        if buf:
-            pieces.append(buf)
-    parts: list[str] = []
+        pieces += _pack(re.split(r"(?<=[.!?])\s+", para), " ", limit)
+    return _pack(pieces, "\n\n", limit)
+
+
+def _pack(items: list[str], sep: str, limit: int) -> list[str]:
+    """Join consecutive items with `sep` into pieces of at most `limit` characters (an item longer than
+    the limit stays whole)."""
+    out: list[str] = []
     buf = ""
-    for p in pieces:
-        if buf and len(buf) + 2 + len(p) > limit:
-            parts.append(buf)
-            buf = p
+    for item in items:
+        if buf and len(buf) + len(sep) + len(item) > limit:
+            out.append(buf)
+            buf = item
         else:
-            buf = f"{buf}\n\n{p}".strip()
+            buf = f"{buf}{sep}{item}".strip()
     if buf:
-        parts.append(buf)
-    return parts
+        out.append(buf)
+    return out
 
 
 def chunk_document(meta: dict[str, Any], body: str, max_chars: int = MAX_CHUNK_CHARS) -> list[Chunk]:
