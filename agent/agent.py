@@ -528,6 +528,8 @@ class ReActAgent:
                 self.result.composed = True
                 return "I could not complete the request. " + errors[-1]
             return CAPABILITIES
+        # A small model often ends with a question of its own after the facts; after a tool ran it is noise.
+        answer = _drop_trailing_questions(answer)
         evidence = " ".join([text, sess.context_text()] + [json.dumps(s.get("args") or {}) + " " + s["observation"]
                                                           for s in done])
         files = list(dict.fromkeys(f for s in done for f in (s.get("files") or [])))
@@ -568,6 +570,17 @@ def _clean_tool_name(name: str) -> str:
     name = name.strip().strip("`'\"[]().:").strip()
     name = name.split("\n")[0].strip()
     return re.sub(r"\s+", "_", name)
+
+
+def _drop_trailing_questions(answer: str) -> str:
+    """Remove questions the model appended after its answer ("What is the difference between the two?");
+    the rest of the text, line breaks included, is kept as it is."""
+    out = answer.strip()
+    while True:
+        m = re.search(r"(?<=[.!?])\s+[^.!?]*\?$", out)
+        if not m:
+            return out
+        out = out[: m.start()].rstrip()
 
 
 def _usable(answer: str) -> bool:

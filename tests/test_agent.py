@@ -465,3 +465,14 @@ def test_session_api_load_save_reset(deps, registry, rec):
     session_mod.reset(deps)
     fresh = session_mod.load(deps, "default")
     assert fresh.turns == [] and fresh.state.last_dataset is None and deps.session.last_dataset is None
+
+
+def test_trailing_model_questions_are_dropped_from_a_grounded_answer():
+    from agent.agent import _drop_trailing_questions
+
+    a = "It is based on NHANES 2017-2018 (nhanes-2017-2018). Data set created today.\n\nWhat is the difference between the two?"
+    assert _drop_trailing_questions(a) == "It is based on NHANES 2017-2018 (nhanes-2017-2018). Data set created today."
+    assert _drop_trailing_questions("Which cohort do you mean?") == "Which cohort do you mean?"
+    assert _drop_trailing_questions("Mean HbA1c is 6.8%.") == "Mean HbA1c is 6.8%."
+    assert _drop_trailing_questions("Mean 6.8%.\n\nFiles: a.csv") == "Mean 6.8%.\n\nFiles: a.csv"
+    assert _drop_trailing_questions("Done. Is it ok? Really?") == "Done."
