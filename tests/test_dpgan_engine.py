@@ -228,3 +228,13 @@ def test_model_files_hold_no_training_row(model: TrainedGenerator, frame: pd.Dat
         hits += ",".join(f"{v:g}" for v in vals) in text
         hits += json.dumps([float(v) for v in vals]) in text
     assert hits == 0
+
+
+def test_same_rows_on_one_or_two_sampling_threads(model: TrainedGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.dpgan.model as mod
+
+    out = {}
+    for n in (1, 2):
+        monkeypatch.setattr(mod, "SAMPLING_THREADS", n)
+        out[n] = model.sample(3000, seed=9)
+    pd.testing.assert_frame_equal(out[1], out[2])
