@@ -102,6 +102,20 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[:300]}"
 
 
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of `packages` in this venv ("?" when one is missing), plus Python's."""
+    from importlib.metadata import version
+
+    out = {}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001
+            out[pkg] = "?"
+    out["python"] = sys.version.split()[0]
+    return out
+
+
 FitFn = Callable[[dict[str, Any], pd.DataFrame, dict[str, Any]], tuple[Any, dict[str, Any]]]
 SampleFn = Callable[[Any, int], pd.DataFrame]
 

@@ -18,23 +18,15 @@ from __future__ import annotations
 
 import sys
 import warnings
-from importlib.metadata import version
 from typing import Any
 
 import pandas as pd
 
-from _common import run_jobs
+from _common import package_versions, run_jobs
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("smartnoise-synth", "opacus", "torch", "mbi", "jax", "pandas", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except Exception:  # noqa: BLE001
-            out[pkg] = "?"
-    out["python"] = sys.version.split()[0]
-    return out
+    return package_versions(("smartnoise-synth", "opacus", "torch", "mbi", "jax", "pandas", "numpy"))
 
 
 def _fit(job: dict[str, Any], train: pd.DataFrame, spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
