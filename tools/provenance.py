@@ -129,21 +129,13 @@ def _is_last(ref: str) -> bool:
 
 def resolve_dataset_row(deps: "Deps", ref: str) -> dict[str, Any] | None:
     """A datasets row for an id or "last" (session's last data set, then the latest one); None if none exist yet."""
-    ws = deps.workspace
+    from tools.datasets import resolve_dataset
+
     if _is_last(ref):
-        if deps.session.last_dataset:
-            row = ws.get("datasets", "id", deps.session.last_dataset)
-            if row is not None:
-                return row
-        return ws.latest_dataset(deps.session.name)
-    row = ws.get("datasets", "id", ref.strip())
-    if row is None:
-        recent = [r["id"] for r in ws.query("SELECT id FROM datasets ORDER BY created_at DESC, rowid DESC LIMIT 8")]
-        raise ToolInputError(
-            f"unknown data set '{ref}'; use 'last' or one of the recent data sets: "
-            f"{', '.join(recent) if recent else '(none yet: generate one first)'}"
-        )
-    return row
+        if deps.workspace.latest_dataset() is None:
+            return None  # nothing generated yet: a legitimate empty answer, not an error
+        return resolve_dataset(deps, "last")
+    return resolve_dataset(deps, ref.strip())
 
 
 def _dataset_for(deps: "Deps", args: ExplainProvenanceArgs) -> tuple[dict[str, Any] | None, bool]:

@@ -72,8 +72,8 @@ def split_holdout(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.D
 
     Training must use only the first part; the quality report compares with the second.
     """
-    if not 0 < fraction < 1:
-        raise ValueError("holdout fraction must lie strictly between 0 and 1")
+    if not 0 <= fraction < 1:
+        raise ValueError("holdout fraction must lie in [0, 1)")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))
     k = int(round(len(frame) * fraction))

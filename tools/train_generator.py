@@ -17,7 +17,6 @@ import shutil
 import time
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.base import ToolInputError, ToolResult, ToolSpec
@@ -136,12 +135,9 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
     t0 = time.perf_counter()
     try:
         # 3) Only now load the real records; split the holdout off by seed.
-        frame = deps.catalog.load(source)
-        perm = np.random.default_rng(seed).permutation(len(frame))
-        n_hold = int(round(len(frame) * holdout_fraction))
-        holdout = frame.iloc[np.sort(perm[:n_hold])].reset_index(drop=True)
-        train = frame.iloc[np.sort(perm[n_hold:])].reset_index(drop=True)
-        del frame
+        from tools.quality import split_holdout  # the report rebuilds the same split from the manifest
+
+        train, holdout = split_holdout(deps.catalog.load(source), holdout_fraction, seed)
         model = train_dpgan(train, schema, target_epsilon=epsilon, target_delta=delta, conditions=conds,
                             epochs=epochs, seed=seed, accountant=accountant, settings=settings.training,
                             preprocessing_share=pv.preprocessing_share, progress=deps.progress)
