@@ -1,3 +1,1 @@
-"""synthehr's conversation layer: LLM backends, the ReAct agent, sessions, CLI and web page."""
-
-__version__ = "0.1.0"
+"""The agent layer: the ReAct loop, grounding, router, session, prompts, and under it the LLM layer and the faces (cli/, web/)."""

@@ -1,7 +1,7 @@
 """Evaluation of the agent's planning: does the configured LLM pick the right tools and arguments?
 
 `synthehr eval agent --cases FILE.jsonl` runs every case through the real agent loop
-(agent.agent.run_turn) with the configured backend, but with a registry of recording stand-ins:
+(synthehr.agent.loop.run_turn) with the configured backend, but with a registry of recording stand-ins:
 tools with the real names, descriptions, examples and args models whose functions only record
 the call and return a short plausible observation. Nothing is trained, sampled or written
 (the run uses a temporary workspace); the evaluation measures the LLM's planning — tool choice
@@ -32,12 +32,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.grounding import field_role
-from tools.base import ToolResult, ToolSpec
-from tools.registry import Registry
+from synthehr.agent.grounding import field_role
+from synthehr.tools.base import ToolResult, ToolSpec
+from synthehr.tools.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.config import Settings
+    from synthehr.configs.settings import Settings
 
 
 @dataclass
@@ -138,8 +138,8 @@ def _norm(s: Any) -> str:
 
 def _condition_id(value: Any) -> str | None:
     try:
-        from agent.grounding import _profiles
-        from tools.profiles import resolve_condition
+        from synthehr.agent.grounding import _profiles
+        from synthehr.tools.store.profiles import resolve_condition
 
         return resolve_condition(str(value), _profiles() or None).id
     except Exception:  # noqa: BLE001
@@ -226,9 +226,9 @@ _DECLINE_WORDS = re.compile(r"\b(?:can't|cannot|can not|won't|not able|unable|ou
 # ---- running ----------------------------------------------------------------------------------------------
 def run_case(case: Case, settings: "Settings", llm: Any, real: Registry, router: Any = "auto",
              workspace_root: Path | None = None) -> CaseResult:
-    from agent import session as session_mod
-    from agent.agent import run_turn
-    from tools.deps import build_deps
+    from synthehr.agent import session as session_mod
+    from synthehr.agent.loop import run_turn
+    from synthehr.tools.deps import build_deps
 
     recorder = Recorder()
     registry = standin_registry(real, recorder)

@@ -25,7 +25,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.registry import Registry
+    from synthehr.tools.registry import Registry
 
 MAX_STRING = 80  # characters in one JSON string value
 MAX_ITEMS = 6  # items in one JSON list (small models run on and on)

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.base import SessionState, ToolSpec
-    from tools.config import Settings
+    from synthehr.tools.base import SessionState, ToolSpec
+    from synthehr.configs.settings import Settings
 
 
 class Decline(Exception):
@@ -267,7 +267,7 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
         profiles = _profiles()
     if profiles:
         try:
-            from tools.profiles import resolve_condition
+            from synthehr.tools.store.profiles import resolve_condition
 
             profile = resolve_condition(text, profiles)
             facts.condition = profile
@@ -301,7 +301,7 @@ _PROFILES_CACHE: dict[str, Any] = {}
 def _profiles() -> dict[str, Any]:
     if "p" not in _PROFILES_CACHE:
         try:
-            from tools.profiles import load_profiles
+            from synthehr.tools.store.profiles import load_profiles
 
             _PROFILES_CACHE["p"] = load_profiles()
         except Exception:  # noqa: BLE001 - profiles missing or invalid: grounding works without them
@@ -439,7 +439,7 @@ def ground_args(
 ) -> tuple[dict[str, Any], list[str]]:
     """Return (grounded arguments, notes saying what was changed). Raises ToolInputError when the
     condition cannot be resolved and Decline when a limit is exceeded."""
-    from tools.base import ToolInputError
+    from synthehr.tools.base import ToolInputError
 
     profiles = _profiles() if profiles is None else profiles
     out = dict(args)
@@ -509,7 +509,7 @@ def ground_args(
                 )
             elif out.get(key):
                 try:
-                    from tools.profiles import resolve_condition
+                    from synthehr.tools.store.profiles import resolve_condition
 
                     profile = resolve_condition(str(out[key]), profiles or None)
                     set_(key, _condition_value(profile, info), "resolved")
@@ -590,7 +590,7 @@ def ground_args(
                 profile = facts.condition
                 if profile is None and last and last.get("condition"):
                     try:
-                        from tools.profiles import resolve_condition
+                        from synthehr.tools.store.profiles import resolve_condition
 
                         profile = resolve_condition(str(last["condition"]), profiles or None)
                     except ValueError:

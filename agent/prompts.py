@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.config import Settings
-    from tools.registry import Registry
+    from synthehr.configs.settings import Settings
+    from synthehr.tools.registry import Registry
 
 STOP = ["\nObservation", "\nObservation:", "Observation:"]
 
@@ -193,7 +193,7 @@ DECLINE_EXAMPLES: list[str] = [
 
 
 def tool_lines(registry: "Registry") -> str:
-    from agent.tooling import describe_args
+    from synthehr.agent.tooling import describe_args
 
     out = []
     for spec in registry:
@@ -230,7 +230,7 @@ def user_message(request: str, context: str = "") -> str:
 
 def _adapt(spec: Any, args: dict[str, Any]) -> dict[str, Any] | None:
     """Map example argument names onto the tool's real field names by role; None if they don't validate."""
-    from agent.grounding import field_role
+    from synthehr.agent.grounding import field_role
 
     fields = spec.args_model.model_fields
     by_role: dict[str, str] = {}

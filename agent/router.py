@@ -1,7 +1,7 @@
 """Embedding router: a fallback for the model's tool choice.
 
 Every registered tool is described by its description, its ToolSpec.examples and the extra
-phrasings in agent.prompts.ROUTER_EXAMPLES; a "none" class holds requests to decline or answer
+phrasings in synthehr.agent.prompts.ROUTER_EXAMPLES; a "none" class holds requests to decline or answer
 without a tool. A request is embedded with the packaged all-MiniLM-L6-v2 (loaded by path,
 offline) and scored against each class (best cosine similarity over its examples). The agent
 uses the router when the model's tool choice is invalid, or contradicts a confident router
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from tools.registry import Registry
+    from synthehr.tools.registry import Registry
 
 NONE = "none"
 # A decision is confident when its best similarity and its margin over the runner-up are high enough.
@@ -49,7 +49,7 @@ class Router:
     def __init__(self, embed: Embed, registry: "Registry", min_score: float = MIN_SCORE, min_margin: float = MIN_MARGIN):
         import numpy as np
 
-        from agent.prompts import DECLINE_EXAMPLES, ROUTER_EXAMPLES
+        from synthehr.agent.prompts import DECLINE_EXAMPLES, ROUTER_EXAMPLES
 
         self.embed = embed
         self.min_score = min_score
@@ -67,7 +67,7 @@ class Router:
         self.labels = labels
         self.texts = texts
         self.classes = list(dict.fromkeys(labels))
-        from agent.prompts import KEYWORD_BOOST, ROUTER_KEYWORDS, ROUTER_REQUIRED
+        from synthehr.agent.prompts import KEYWORD_BOOST, ROUTER_KEYWORDS, ROUTER_REQUIRED
 
         self.required = {t: re.compile(p, re.I) for t, p in ROUTER_REQUIRED.items() if t in registry}
         self.keywords = {t: re.compile(p, re.I) for t, p in ROUTER_KEYWORDS.items() if t in registry}

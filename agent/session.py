@@ -1,8 +1,8 @@
 """Conversation memory: the history of a named session and the tools' state, in the workspace.
 
 A session is one row of the workspace's `sessions` table: `state_json` holds the tools' state
-(tools.base.SessionState: last_dataset, last_cohort, last_model, extra) and `history_json` the
-turns (user text, steps, answer). `agent.agent.run_turn` loads the history of `deps.session.name`,
+(synthehr.tools.base.SessionState: last_dataset, last_cohort, last_model, extra) and `history_json` the
+turns (user text, steps, answer). `synthehr.agent.loop.run_turn` loads the history of `deps.session.name`,
 uses `deps.session` as the live state, and saves both after every turn, so follow-ups such as
 "make them older" or "what is their mean HbA1c?" refer to the right cohort across `chat` turns
 and across `synthehr ask --session NAME` calls.
@@ -21,11 +21,11 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tools.base import SessionState, ToolResult
+from synthehr.tools.base import SessionState, ToolResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.deps import Deps
-    from tools.workspace import Workspace
+    from synthehr.tools.deps import Deps
+    from synthehr.tools.store.workspace import Workspace
 
 # Turns kept in the database (older ones are dropped); turns shown to the model.
 MAX_HISTORY = 50

@@ -17,26 +17,26 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.tools import StructuredTool
 
-    from tools.deps import Deps
-    from tools.registry import Registry
+    from synthehr.tools.deps import Deps
+    from synthehr.tools.registry import Registry
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a tool raises that the model (or the user) can fix: returned as observations."""
     errors: list[type[BaseException]] = [ToolInputError]
     try:
-        from tools.workspace import BudgetExceeded
+        from synthehr.tools.store.workspace import BudgetExceeded
 
         errors.append(BudgetExceeded)
     except ImportError:  # pragma: no cover
         pass
     try:
-        from tools.profiles import ProfileNotFound
+        from synthehr.tools.store.profiles import ProfileNotFound
 
         errors.append(ProfileNotFound)
     except ImportError:  # pragma: no cover

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tools.schema import Column, ColumnType, SourceMeta, SourceSchema
+from synthehr.tools.store.schema import Column, ColumnType, SourceMeta, SourceSchema
 
 # Fixed NHANES feature subset: demographics, anthropometry, blood pressure, lipids, smoking, history.
 # Columns that define or reveal the label (HbA1c, diagnosis, age at diagnosis, insulin, pills,
@@ -78,7 +78,7 @@ def _sub_schema(schema: SourceSchema, columns: list[str], label: str) -> SourceS
 
 
 def load_nhanes() -> BenchData:
-    from tools.sources import nhanes
+    from synthehr.tools.store.sources import nhanes
 
     raw = nhanes.load()
     columns = NHANES_FEATURES + [NHANES_LABEL]
@@ -268,7 +268,7 @@ def from_frame(frame: pd.DataFrame, label: str, *, name: str = "user-csv", schem
 
 
 def _typed(frame: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
-    from tools.catalog import coerce_frame
+    from synthehr.tools.store.catalog import coerce_frame
 
     out = coerce_frame(frame, schema)
     for c in schema.columns:  # values outside public bounds or categories become missing (then dropped)
@@ -279,7 +279,7 @@ def _typed(frame: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
 
 
 def load_csv(path: str | Path, label: str, *, meta: str | Path | None = None) -> BenchData:
-    from tools.catalog import read_meta
+    from synthehr.tools.store.catalog import read_meta
 
     path = Path(path)
     frame = pd.read_csv(path)

@@ -5,7 +5,7 @@
     python -m benchmarks.llm_backends --runtime llamacpp --no-few-shot
 
 Each of 8 requests is sent once with the agent's own system prompt, few-shot examples and step
-grammar (agent.prompts, agent.grammar) and NO router help: the score is the model's own first step,
+grammar (synthehr.agent.prompts, synthehr.agent.grammar) and NO router help: the score is the model's own first step,
 right tool and right arguments. Writes benchmarks/results/llm_backends_latest.{json,md}
 (benchmarks/results/llm_backends.{json,md} is the curated snapshot quoted in the README).
 Tools that are not importable yet get a stand-in ToolSpec with the same name (planning only).
@@ -53,7 +53,7 @@ class _GenerateArgs(BaseModel):
     epsilon: float | None = Field(None, gt=0, description="Privacy target epsilon")
 
 
-# Prompt variants tried for the small embedded model (applied to agent.prompts for the run only).
+# Prompt variants tried for the small embedded model (applied to synthehr.agent.prompts for the run only).
 VARIANT_SHOTS: list[dict[str, Any]] = [
     {"request": "simulate 400 asthma patients with epsilon 3",
      "steps": [("The user wants a synthetic cohort with a privacy target: generate it.", "generate_cohort",
@@ -77,8 +77,8 @@ VARIANT_SHOTS: list[dict[str, Any]] = [
 
 
 def apply_variant(name: str) -> None:
-    """Patch agent.prompts in this process for one benchmark run."""
-    from agent import prompts
+    """Patch synthehr.agent.prompts in this process for one benchmark run."""
+    from synthehr.agent import prompts
 
     if name in ("final-thought", "all"):
         prompts.SYSTEM = prompts.SYSTEM.replace("Thought: I can answer now\nFinal Answer",
@@ -91,12 +91,12 @@ def apply_variant(name: str) -> None:
 
 
 def _registry() -> Any:
-    from tools.base import ToolResult, ToolSpec
-    from tools.registry import Registry
+    from synthehr.tools.base import ToolResult, ToolSpec
+    from synthehr.tools.registry import Registry
 
     specs = []
     try:
-        from tools.registry import default_registry
+        from synthehr.tools.registry import default_registry
 
         return default_registry()
     except ImportError:
@@ -155,9 +155,9 @@ def _rss_mb() -> float:
 
 
 def run(llm_settings: Any, settings: Any, few_shot: bool = True, first_step_final: bool = True) -> dict[str, Any]:
-    from agent import prompts
-    from agent.grammar import build_step_grammar
-    from agent.llm import create_backend
+    from synthehr.agent import prompts
+    from synthehr.agent.grammar import build_step_grammar
+    from synthehr.agent.llm.factory import create_backend
 
     registry = _registry()
     grammar = build_step_grammar(registry)
@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm_backends_latest")
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tools.config import load_settings
+    from synthehr.configs.settings import load_settings
 
     settings = load_settings(a.config, env={}, workspace_config=False)
     variants = [settings.llm]

@@ -236,12 +236,12 @@ def run_peer_batch(py: Path, runner: Path, spec: dict[str, Any], work: Path, tag
 def run_synthehr(train: pd.DataFrame, schema: Any, label: str, *, eps: float, delta: float, seed: int,
                  epochs: int | None, cap: int, batch_size: int | None, n_sample: int, n_throughput: int, threads: int) -> tuple[dict[str, Any], pd.DataFrame | None]:
     try:
-        from tools.dpgan import train_dpgan
+        from synthehr.tools.engines.dpgan import train_dpgan
     except ImportError as exc:
         return {"status": "error", "error": f"synthehr engine not available ({exc})"}, None
     settings = None
     try:
-        from tools.config import TrainingSettings
+        from synthehr.configs.settings import TrainingSettings
 
         settings = TrainingSettings(threads=threads)
     except Exception:  # noqa: BLE001 - older config without the section: engine defaults

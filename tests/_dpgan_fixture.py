@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tools.catalog import coerce_frame
-from tools.config import TrainingSettings
-from tools.schema import Column, ColumnType, SourceMeta, SourceSchema
+from synthehr.tools.store.catalog import coerce_frame
+from synthehr.configs.settings import TrainingSettings
+from synthehr.tools.store.schema import Column, ColumnType, SourceMeta, SourceSchema
 
 C, I, B, K = ColumnType.continuous, ColumnType.integer, ColumnType.binary, ColumnType.categorical
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.config import Settings, load_settings
-from tools.deps import Deps, build_deps
+from synthehr.configs.settings import Settings, load_settings
+from synthehr.tools.deps import Deps, build_deps
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,11 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.agent import StepEvent, run_turn, sanitize_observation
-from agent.llm_base import ScriptedLLM, ScriptExhausted
-from agent import session as session_mod
-from tools.base import ToolInputError, ToolResult, ToolSpec
-from tools.registry import Registry
+from synthehr.agent.loop import StepEvent, run_turn, sanitize_observation
+from synthehr.agent.llm.base import ScriptedLLM, ScriptExhausted
+from synthehr.agent import session as session_mod
+from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.registry import Registry
 
 
 # ---- recording test tools (real ToolSpecs with pydantic args) -------------------------------------
@@ -148,7 +148,7 @@ def test_follow_up_across_two_turns_uses_the_persisted_session(deps, registry, r
     turn(deps, [step("generate_cohort", {"condition": "type 2 diabetes", "n": 2000}), final("Done: 2000 patients.")],
          HEADLINE, registry)
     # A new process: fresh deps for the same session name.
-    from tools.deps import build_deps
+    from synthehr.tools.deps import build_deps
 
     deps2 = build_deps(settings=settings, session="default")
     assert deps2.session.last_dataset == "ds-20261126-120000-000001"
@@ -225,7 +225,7 @@ def test_unknown_tool_lists_the_valid_tools(deps, registry, rec):
 
 def test_tool_input_error_goes_back_to_the_model(deps, registry, rec, monkeypatch):
     # A condition the tool itself refuses (the profile check passes in grounding for this fake profile set).
-    from agent import grounding
+    from synthehr.agent import grounding
 
     monkeypatch.setattr(grounding, "_profiles", lambda: {})
     script = [
@@ -338,7 +338,7 @@ def test_script_exhaustion_is_a_failure_not_a_loop(deps, registry):
 
 def test_grammar_from_the_registry_accepts_valid_steps(registry):
     pytest.importorskip("xgrammar")
-    from agent.grammar import build_step_grammar, check_gbnf, grammar_accepts
+    from synthehr.agent.grammar import build_step_grammar, check_gbnf, grammar_accepts
 
     g = build_step_grammar(registry)
     check_gbnf(g)
@@ -366,10 +366,10 @@ def test_grammar_from_the_registry_accepts_valid_steps(registry):
 
 def test_grammar_of_the_default_registry_compiles():
     pytest.importorskip("xgrammar")
-    from agent.grammar import build_step_grammar, check_gbnf
+    from synthehr.agent.grammar import build_step_grammar, check_gbnf
 
     try:
-        from tools.registry import default_registry
+        from synthehr.tools.registry import default_registry
 
         reg = default_registry()
     except ImportError:
@@ -378,7 +378,7 @@ def test_grammar_of_the_default_registry_compiles():
 
 
 def test_langchain_adapter_returns_content_and_artifact(deps, registry, rec):
-    from agent.tooling import invoke_tool, to_langchain_tool
+    from synthehr.agent.tooling import invoke_tool, to_langchain_tool
 
     tool = to_langchain_tool(registry.get("generate_cohort"), deps)
     content, artifact, ok = invoke_tool(tool, {"condition": "copd", "n": 5}, "c1")
@@ -390,7 +390,7 @@ def test_langchain_adapter_returns_content_and_artifact(deps, registry, rec):
 
 
 def test_prompt_contains_few_shot_examples_that_validate(registry):
-    from agent.prompts import few_shot_messages
+    from synthehr.agent.prompts import few_shot_messages
 
     msgs = few_shot_messages(registry)
     text = "\n".join(m["content"] for m in msgs)
@@ -441,8 +441,8 @@ def test_native_tool_calling_path_uses_the_same_grounding(deps, registry, rec, s
 
 def test_plan_grammar_with_the_router_restricts_the_step(deps, registry, rec):
     from tests.test_agent_router import bow_embed
-    from agent.router import Router
-    from agent.grammar import grammar_accepts
+    from synthehr.agent.router import Router
+    from synthehr.agent.grammar import grammar_accepts
 
     router = Router(bow_embed, registry, min_score=0.3, min_margin=0.05)
     llm = ScriptedLLM([step("cohort_stats", {}), final("The mean HbA1c is 7.4 %.")])
@@ -468,7 +468,7 @@ def test_session_api_load_save_reset(deps, registry, rec):
 
 
 def test_trailing_model_questions_are_dropped_from_a_grounded_answer():
-    from agent.agent import _drop_trailing_questions
+    from synthehr.agent.loop import _drop_trailing_questions
 
     a = "It is based on NHANES 2017-2018 (nhanes-2017-2018). Data set created today.\n\nWhat is the difference between the two?"
     assert _drop_trailing_questions(a) == "It is based on NHANES 2017-2018 (nhanes-2017-2018). Data set created today."

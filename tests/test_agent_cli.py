@@ -14,8 +14,8 @@ from tests.test_agent import HEADLINE, Recorder, final, make_registry, step
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    from agent import agent as agent_mod
-    from agent import cli as cli_mod
+    from synthehr.agent import loop as agent_mod
+    from synthehr.agent.cli import main as cli_mod
 
     names = {c.name for c in cli_mod.app.registered_commands}
     if "ask" not in names:

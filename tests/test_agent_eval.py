@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.evaluation import Case, load_cases, lookup, run_eval, values_match
+from synthehr.agent.evaluation import Case, load_cases, lookup, run_eval, values_match
 from tests.test_agent import HEADLINE, Recorder, make_registry
 from tests.test_agent_router import bow_embed
 
@@ -55,7 +55,7 @@ class FinalOnly:
 
 
 def test_run_eval_reports_the_metrics_without_running_real_tools(settings):
-    from agent.router import Router
+    from synthehr.agent.router import Router
 
     rec = Recorder()
     real = make_registry(rec)

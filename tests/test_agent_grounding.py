@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.grounding import Decline, check_limits, check_request, extract_facts
+from synthehr.agent.grounding import Decline, check_limits, check_request, extract_facts
 from tests.test_agent import HEADLINE
 
 
@@ -66,9 +66,9 @@ def test_ordinary_requests_pass(text):
 def test_invented_optional_number_without_a_role_is_dropped():
     from pydantic import BaseModel, Field
 
-    from agent.grounding import extract_facts, ground_args
-    from tools.base import SessionState, ToolResult, ToolSpec
-    from tools.config import load_settings
+    from synthehr.agent.grounding import extract_facts, ground_args
+    from synthehr.tools.base import SessionState, ToolResult, ToolSpec
+    from synthehr.configs.settings import load_settings
 
     class Args(BaseModel):
         question: str

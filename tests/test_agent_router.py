@@ -8,9 +8,9 @@ import zlib
 import numpy as np
 import pytest
 
-from agent.agent import run_turn
-from agent.llm_base import ScriptedLLM
-from agent.router import Router, split_clauses
+from synthehr.agent.loop import run_turn
+from synthehr.agent.llm.base import ScriptedLLM
+from synthehr.agent.router import Router, split_clauses
 from tests.test_agent import HEADLINE, Recorder, final, make_registry, step
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def embedded(settings):
-    from agent.llm import LLMUnavailable, create_backend
+    from synthehr.agent.llm.factory import LLMUnavailable, create_backend
 
     try:
         return create_backend(settings.llm)
@@ -25,7 +25,7 @@ def embedded(settings):
 def test_headline_request_end_to_end_with_the_embedded_model(deps, embedded):
     import pandas as pd
 
-    from agent.agent import run_turn
+    from synthehr.agent.loop import run_turn
 
     deps.settings.training.epochs = 2  # a quick generator; the privacy accounting is the same
     result = run_turn(deps, embedded, HEADLINE)
@@ -49,8 +49,8 @@ def test_headline_request_end_to_end_with_the_embedded_model(deps, embedded):
 
 
 def test_packaged_router_routes_offline():
-    from agent.router import default_router
-    from tools.registry import default_registry
+    from synthehr.agent.router import default_router
+    from synthehr.tools.registry import default_registry
 
     router = default_router(default_registry())
     assert router is not None

@@ -13,14 +13,14 @@ def run(args, tmp_path, env=None, input=None):
     e = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHEHR_")}
     e["SYNTHEHR_HOME"] = str(tmp_path / "ws")
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, env=e, input=input, timeout=300)
+    return subprocess.run([sys.executable, "-m", "synthehr", *args], capture_output=True, text=True, env=e, input=input, timeout=300)
 
 
 def test_help_lists_commands_and_imports_nothing_heavy(tmp_path):
     r = run(["--help"], tmp_path)
     assert r.returncode == 0 and "sources" in r.stdout
     probe = (
-        "import sys; from agent import cli; cli._load_feature_commands(); "
+        "import sys; from synthehr.agent.cli import main as cli; cli._load_feature_commands(); "
         "heavy = [m for m in ('torch', 'transformers', 'chromadb', 'opacus', 'sentence_transformers', 'langchain', "
         "'langchain_core', 'pandas', 'matplotlib', 'sklearn') if m in sys.modules]; print(','.join(heavy))"
     )

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from tools import stats_engine as se
-from tools.base import ToolInputError
-from tools.cohort_stats import SPEC, CohortStatsArgs, cohort_stats
-from tools.workspace import now_iso
+from synthehr.tools.engines import stats as se
+from synthehr.tools.base import ToolInputError
+from synthehr.tools.cohort_stats import SPEC, CohortStatsArgs, cohort_stats
+from synthehr.tools.store.workspace import now_iso
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -250,15 +250,15 @@ def test_plots_are_written_as_png(ds):
 def test_cli_stats_json_and_error(ds, workspace_dir):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHEHR_")}
     env["SYNTHEHR_HOME"] = str(workspace_dir)
-    ok = subprocess.run([sys.executable, "-m", "agent.cli", "stats", "ds-fixture", "--by", "sex", "--by2", "age_band",
+    ok = subprocess.run([sys.executable, "-m", "synthehr", "stats", "ds-fixture", "--by", "sex", "--by2", "age_band",
                          "--corr", "hba1c_pct,bmi_kg_m2", "-t", "hba1c_pct>=9", "--json"],
                         capture_output=True, text=True, env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
     out = json.loads(ok.stdout)
     assert out["n_rows"] == 8 and out["groups"]["by"] == ["sex", "age_band"] and math.isclose(out["thresholds"][0]["share"], 2 / 7)
-    table = subprocess.run([sys.executable, "-m", "agent.cli", "stats", "ds-fixture", "--by", "sex"],
+    table = subprocess.run([sys.executable, "-m", "synthehr", "stats", "ds-fixture", "--by", "sex"],
                            capture_output=True, text=True, env={**env, "COLUMNS": "200"}, timeout=120)
     assert table.returncode == 0 and "Numeric observations" in table.stdout and "female" in table.stdout
-    bad = subprocess.run([sys.executable, "-m", "agent.cli", "stats", "nhanes-2017-2018"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "synthehr", "stats", "nhanes-2017-2018"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert bad.returncode == 2 and "real data source" in bad.stderr and "Traceback" not in bad.stderr

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.config import ConfigError, load_settings
+from synthehr.configs.settings import ConfigError, load_settings
 
 
 def test_defaults_match_documented_file():
@@ -18,9 +18,9 @@ def test_every_settings_key_is_documented_in_default_yaml():
     import yaml
     from importlib import resources
 
-    from tools.config import Settings
+    from synthehr.configs.settings import Settings
 
-    doc = yaml.safe_load(resources.files("configs").joinpath("default.yaml").read_text())
+    doc = yaml.safe_load(resources.files("synthehr.configs").joinpath("default.yaml").read_text())
     for section, field in Settings.model_fields.items():
         assert section in doc, section
         for key in field.annotation.model_fields:

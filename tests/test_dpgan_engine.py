@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from tests._dpgan_fixture import FIXTURE_SCHEMA, fast_settings, fixture_frame
-from tools.base import ToolInputError
-from tools.dpgan import ModelLoadError, TrainedGenerator, default_delta, train_dpgan
-from tools.dpgan.encoding import TableEncoder
-from tools.schema import ColumnType
+from synthehr.tools.base import ToolInputError
+from synthehr.tools.engines.dpgan import ModelLoadError, TrainedGenerator, default_delta, train_dpgan
+from synthehr.tools.engines.dpgan.encoding import TableEncoder
+from synthehr.tools.store.schema import ColumnType
 
 CONDS = ["diabetes", "sex"]
 
@@ -63,7 +63,7 @@ def test_histogram_only_preprocessing_charges_everything(frame: pd.DataFrame) ->
 
 @pytest.mark.parametrize("eps,delta,sens", [(0.2, 5e-5, 30 ** 0.5), (1.0, 1e-5, 1.0), (3.0, 1e-6, 4.0)])
 def test_analytic_gaussian_sigma_is_tight_and_valid(eps: float, delta: float, sens: float) -> None:
-    from tools.dpgan.privacy import _gaussian_delta, analytic_gaussian_sigma
+    from synthehr.tools.engines.dpgan.privacy import _gaussian_delta, analytic_gaussian_sigma
 
     sigma = analytic_gaussian_sigma(eps, delta, sens)
     assert _gaussian_delta(eps, sigma, sens) <= delta  # (eps, delta)-DP (Balle & Wang 2018, Thm 8)
@@ -231,7 +231,7 @@ def test_model_files_hold_no_training_row(model: TrainedGenerator, frame: pd.Dat
 
 
 def test_same_rows_on_one_or_two_sampling_threads(model: TrainedGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tools.dpgan.model as mod
+    import synthehr.tools.engines.dpgan.model as mod
 
     out = {}
     for n in (1, 2):

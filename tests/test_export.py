@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tools.base import ToolInputError
-from tools.export import ExportArgs, export_dataset
+from synthehr.tools.base import ToolInputError
+from synthehr.tools.export import ExportArgs, export_dataset
 
 
 def _make_dataset(deps, ds_id="ds-test-1", n=5):

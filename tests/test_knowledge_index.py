@@ -30,7 +30,7 @@ def _client(path: Path):
 
 
 def _index(ws_root: Path, docs: Path):
-    from tools.knowledge_index import KnowledgeIndex
+    from synthehr.tools.engines.knowledge_index import KnowledgeIndex
 
     return KnowledgeIndex(_client(ws_root / "chroma"), collection="test-knowledge", docs_root=docs)
 
@@ -127,7 +127,7 @@ def test_dataset_card_becomes_lineage_chunks(built):
 
 
 def test_incremental_build_and_restart(tmp_path):
-    from tools.knowledge_index import chunk_document, parse_markdown
+    from synthehr.tools.engines.knowledge_index import chunk_document, parse_markdown
 
     docs = write_corpus(tmp_path / "docs", poison=False)
     first = _index(tmp_path, docs)
@@ -172,7 +172,7 @@ def test_broken_document_is_reported_not_fatal(tmp_path):
 
 
 def test_chunking_keeps_chunks_small():
-    from tools.knowledge_index import MAX_CHUNK_CHARS, chunk_document
+    from synthehr.tools.engines.knowledge_index import MAX_CHUNK_CHARS, chunk_document
 
     body = "## Long section\n" + "\n\n".join(f"Paragraph {i}. " + "word " * 60 for i in range(10))
     chunks = chunk_document({"id": "long", "title": "Long", "url": "https://x", "kind": "method", "year": 2026}, body)
@@ -190,7 +190,7 @@ def test_eval_file_is_valid_and_varied():
     assert len(rows) >= 30
     assert all(r["question"] and r["expected"] for r in rows)
     if _real_docs_present():
-        from tools.knowledge_index import KnowledgeIndex
+        from synthehr.tools.engines.knowledge_index import KnowledgeIndex
 
         ids = {c.doc_id for c in KnowledgeIndex(None, docs_root=KNOWLEDGE).document_chunks()}
         unknown = sorted({e for r in rows for e in r["expected"]} - ids)
@@ -201,7 +201,7 @@ def test_eval_file_is_valid_and_varied():
 def test_recall_at_3_on_the_real_documents(tmp_path_factory):
     if not _real_docs_present():
         pytest.skip("knowledge/sources|guidelines|methods hold no documents yet")
-    from tools.knowledge_index import KnowledgeIndex, evaluate_retrieval, load_eval
+    from synthehr.tools.engines.knowledge_index import KnowledgeIndex, evaluate_retrieval, load_eval
 
     root = tmp_path_factory.mktemp("real")
     shutil.copytree(KNOWLEDGE, root / "knowledge", ignore=shutil.ignore_patterns("__pycache__"))
@@ -217,9 +217,9 @@ def test_recall_at_3_on_the_real_documents(tmp_path_factory):
 
 
 def test_open_index_from_deps_is_lazy_and_configured(tmp_path):
-    from tools.config import load_settings
-    from tools.deps import build_deps
-    from tools.knowledge_index import KnowledgeIndex
+    from synthehr.configs.settings import load_settings
+    from synthehr.tools.deps import build_deps
+    from synthehr.tools.engines.knowledge_index import KnowledgeIndex
 
     settings = load_settings(env={"SYNTHEHR_HOME": str(tmp_path / "ws"), "SYNTHEHR_KNOWLEDGE__COLLECTION": "kx-test"})
     deps = build_deps(settings=settings)

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from agent import chat_format as cf
-from agent.backends.common import GrammarError
-from agent.llm import LLMUnavailable, create_backend, embedded_model_path, load_script
-from agent.llm_base import LLMBackend, ScriptedLLM, ScriptExhausted
-from tools.config import ConfigError, LLMSettings, load_settings
+from synthehr.agent.llm import chat_format as cf
+from synthehr.agent.llm.common import GrammarError
+from synthehr.agent.llm.factory import LLMUnavailable, create_backend, embedded_model_path, load_script
+from synthehr.agent.llm.base import LLMBackend, ScriptedLLM, ScriptExhausted
+from synthehr.configs.settings import ConfigError, LLMSettings, load_settings
 
 MSGS = [
     {"role": "system", "content": "You are a careful assistant."},
@@ -225,7 +225,7 @@ def tiny_llama(tiny_llama_dir: Path) -> Any:
 
 
 def test_transformers_backend_loads_a_llama2_chat_model_with_its_prompt_format(tiny_llama: Any) -> None:
-    from agent.backends.hf import TransformersBackend
+    from synthehr.agent.llm.hf import TransformersBackend
 
     assert isinstance(tiny_llama, TransformersBackend) and isinstance(tiny_llama, LLMBackend)
     assert tiny_llama.name == "transformers" and tiny_llama.supports_grammar
@@ -352,7 +352,7 @@ TRANSPORTS = ["httpx"] + (["openai"] if importlib.util.find_spec("openai") else 
 
 
 def _openai(fake: FakeOpenAI, transport: str, **kw: Any) -> Any:
-    from agent.backends.openai_compat import OpenAIBackend
+    from synthehr.agent.llm.openai_compat import OpenAIBackend
 
     settings = LLMSettings(backend="openai", base_url=fake.url, **kw)
     backend = OpenAIBackend.from_settings(settings)
@@ -401,9 +401,9 @@ def test_openai_backend_uses_the_servers_model_when_none_is_set(fake_server: Fak
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_openai_native_tool_calls(fake_server: FakeOpenAI, transport: str) -> None:
-    from agent.backends.openai_compat import openai_tools
+    from synthehr.agent.llm.openai_compat import openai_tools
     from pydantic import BaseModel
-    from tools.base import ToolResult, ToolSpec
+    from synthehr.tools.base import ToolResult, ToolSpec
 
     class Args(BaseModel):
         condition: str
@@ -434,7 +434,7 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_openai_unreachable_server_is_one_clear_error(transport: str) -> None:
-    from agent.backends.openai_compat import OpenAIBackend
+    from synthehr.agent.llm.openai_compat import OpenAIBackend
 
     url = f"http://127.0.0.1:{_closed_port()}/v1"
     llm = OpenAIBackend(url, "m", timeout_s=5, transport=transport)

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from tools.schema import ColumnType
-from tools.sources import nhanes
+from synthehr.tools.store.schema import ColumnType
+from synthehr.tools.store.sources import nhanes
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 
-from tools.base import ToolInputError
-from tools.privacy_budget import PrivacyBudgetArgs, privacy_budget
+from synthehr.tools.base import ToolInputError
+from synthehr.tools.privacy_budget import PrivacyBudgetArgs, privacy_budget
 
 
 def test_reports_spent_and_left(deps):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.profiles import (
+from synthehr.tools.store.profiles import (
     Cohort,
     CohortRule,
     ConditionProfile,
@@ -26,7 +26,7 @@ from tools.profiles import (
 KNOWLEDGE = Path(__file__).resolve().parents[1] / "knowledge"
 
 # The harmonised NHANES 2017-2018 adult columns (the only names a source_column may use).
-from tools.sources import nhanes  # noqa: E402
+from synthehr.tools.store.sources import nhanes  # noqa: E402
 NHANES_COLUMNS = frozenset(c.name for c in nhanes.SCHEMA.columns)
 NHANES_MISSING = {"fasting_plasma_glucose", "ldl_cholesterol", "triglycerides", "serum_creatinine",
                   "egfr", "urine_albumin_creatinine_ratio", "alt", "potassium"}

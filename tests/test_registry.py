@@ -1,8 +1,8 @@
 import pytest
 from pydantic import BaseModel
 
-from tools.base import ToolResult, ToolSpec
-from tools.registry import Registry
+from synthehr.tools.base import ToolResult, ToolSpec
+from synthehr.tools.registry import Registry
 
 
 class A(BaseModel):

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tools.catalog import Catalog, SourceError
-from tools.workspace import Workspace
+from synthehr.tools.store.catalog import Catalog, SourceError
+from synthehr.tools.store.workspace import Workspace
 
 META = {
     "name": "clinic-a",

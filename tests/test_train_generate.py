@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from tests._dpgan_fixture import write_source
-from tools.base import ToolInputError
-from tools.config import load_settings
-from tools.deps import Deps, build_deps
-from tools.generate_cohort import GenerateCohortArgs, generate_cohort, pick_source, resolve_profile
-from tools.train_generator import TrainGeneratorArgs, train_generator
+from synthehr.tools.base import ToolInputError
+from synthehr.configs.settings import load_settings
+from synthehr.tools.deps import Deps, build_deps
+from synthehr.tools.generate_cohort import GenerateCohortArgs, generate_cohort, pick_source, resolve_profile
+from synthehr.tools.train_generator import TrainGeneratorArgs, train_generator
 
 SRC = "fixture-clinic"
 FAST = {"SYNTHEHR_TRAINING__EPOCHS": "2", "SYNTHEHR_TRAINING__BATCH_SIZE": "128",
@@ -35,7 +35,7 @@ def make_deps(tmp_path: Path, **env: str) -> Deps:
 @pytest.fixture(autouse=True)
 def _no_quality_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep these tests fast: the quality report has its own tests; here the hook only has to be called."""
-    import tools.train_generator as tg
+    import synthehr.tools.train_generator as tg
 
     calls: list[dict] = []
 
@@ -154,8 +154,8 @@ def test_us_population_maps_to_nhanes(tmp_path: Path) -> None:
 
 
 def test_api_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.cli import main
-    from tools import api
+    from synthehr.agent.cli.main import main
+    from synthehr.tools import api
 
     deps = make_deps(tmp_path)
     out = api.generate("type 2 diabetes", n=40, source=SRC, seed=1, deps=deps)

@@ -1,4 +1,4 @@
-"""Fast tests of the web app (agent/web.py): path safety, the access token, binding, and a streamed turn.
+"""Fast tests of the web app (agent/web/app.py): path safety, the access token, binding, and a streamed turn.
 
 The agent is replaced by a small stand-in with run_turn's interface, so these run in a second or two;
 tests/test_web_browser.py drives the real server, agent and tools in a browser.
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.web import (
+from synthehr.agent.web.app import (
     PathRefused,
     WebProgress,
     check_bind,
@@ -24,8 +24,8 @@ from agent.web import (
     safe_file,
     token_matches,
 )
-from tools.config import ConfigError, Settings
-from tools.workspace import Workspace
+from synthehr.configs.settings import ConfigError, Settings
+from synthehr.tools.store.workspace import Workspace
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -78,7 +78,7 @@ class FakeResult:
 
 
 def fake_run_turn(deps: Any, llm: Any, text: str, *, registry: Any = None, on_event: Any = None) -> FakeResult:
-    """Stands in for agent.agent.run_turn: one generate_cohort step with progress, then an answer."""
+    """Stands in for synthehr.agent.loop.run_turn: one generate_cohort step with progress, then an answer."""
     d = _make_dataset(deps.workspace, session=deps.session.name)
     files = [str(d / "data.csv"), str(d / "data.parquet"), str(d / "plots" / "hba1c.png")]
     args = {"condition": "type 2 diabetes", "n": 2}
@@ -270,7 +270,7 @@ def test_chat_streams_steps_progress_and_artifacts(settings: Settings, ws: Works
 
 
 def test_chat_user_error_and_bug(settings: Settings) -> None:
-    from tools.base import ToolInputError
+    from synthehr.tools.base import ToolInputError
 
     def user_error(*a: Any, **k: Any) -> Any:
         raise ToolInputError("unknown condition 'x'; valid: type-2-diabetes, copd")
@@ -321,7 +321,7 @@ def test_web_progress_throttles_but_reports_start_and_finish() -> None:
 
 def test_serve_command_refuses_public_bind_without_token(monkeypatch: pytest.MonkeyPatch, capsys: Any,
                                                            workspace_dir: Path) -> None:
-    from agent.cli import main
+    from synthehr.agent.cli.main import main
 
     monkeypatch.setenv("SYNTHEHR_HOME", str(workspace_dir))
     monkeypatch.delenv("SYNTHEHR_TOKEN", raising=False)
@@ -333,7 +333,7 @@ def test_serve_command_refuses_public_bind_without_token(monkeypatch: pytest.Mon
 
 
 def test_turn_artifacts_provenance_citations_and_stats_plots(ws: Workspace) -> None:
-    from agent.web import turn_artifacts
+    from synthehr.agent.web.app import turn_artifacts
 
     d = _make_dataset(ws)
     export = d / "fhir.ndjson"
@@ -359,7 +359,7 @@ def test_turn_artifacts_provenance_citations_and_stats_plots(ws: Workspace) -> N
 
 
 def test_answer_paths_become_links_to_served_files(ws: Workspace) -> None:
-    from agent.web import link_files
+    from synthehr.agent.web.app import link_files
 
     d = _make_dataset(ws)
     text = (f"Files: {d / 'data.csv'}, {d / 'card.md'}. Also datasets/ds-test-1/data.parquet. "
@@ -374,7 +374,7 @@ def test_answer_paths_become_links_to_served_files(ws: Workspace) -> None:
 
 
 def test_workspace_paths_are_shown_relative(ws: Workspace) -> None:
-    from agent.web import link_files, step_for_page
+    from synthehr.agent.web.app import link_files, step_for_page
 
     d = _make_dataset(ws)
     out = link_files(f"1 plot(s) in {d / 'plots'}: hba1c.png", ws.root)

@@ -117,7 +117,7 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     })
     log_path = tmp_path / "server.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "synthehr", "serve", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.workspace import SCHEMA_VERSION, BudgetExceeded, Workspace, atomic_path, atomic_write_text
+from synthehr.tools.store.workspace import SCHEMA_VERSION, BudgetExceeded, Workspace, atomic_path, atomic_write_text
 
 
 def test_creates_layout_and_migrates_empty_dir(tmp_path):

@@ -1,11 +1,11 @@
 """Importable Python API: the same work as `synthehr train` and `synthehr generate`.
 
-    from tools import api
+    from synthehr.tools import api
     api.train("nhanes-2017-2018", epsilon=1.0)
     result = api.generate("type 2 diabetes", n=2000, filters=["age_years>=65"])
     result["files"]["csv"]
 
-Both return plain dicts (the tools' structured results). User errors raise tools.base.ToolInputError.
+Both return plain dicts (the tools' structured results). User errors raise synthehr.tools.base.ToolInputError.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools.deps import Deps, build_deps
+from synthehr.tools.deps import Deps, build_deps
 
 
 def _deps(deps: Deps | None, config: Path | str | None, session: str) -> Deps:
@@ -24,7 +24,7 @@ def train(source: str, epsilon: float, *, delta: float | None = None, conditions
           epochs: int | None = None, accountant: str | None = None, seed: int | None = None,
           deps: Deps | None = None, config: Path | str | None = None, session: str = "default") -> dict[str, Any]:
     """Train a DP generator on `source`, charging (epsilon, delta) to its ledger. Returns the summary."""
-    from tools.train_generator import TrainGeneratorArgs, train_generator
+    from synthehr.tools.train_generator import TrainGeneratorArgs, train_generator
 
     d = _deps(deps, config, session)
     args = TrainGeneratorArgs(source=source, epsilon=epsilon, delta=delta, conditions=conditions, epochs=epochs,
@@ -40,7 +40,7 @@ def generate(condition: str, n: int | None = None, *, observations: int | list[s
              seed: int | None = None, source: str | None = None, deps: Deps | None = None,
              config: Path | str | None = None, session: str = "default") -> dict[str, Any]:
     """Generate a synthetic cohort; returns paths, privacy, stats and the data card (never rows)."""
-    from tools.generate_cohort import GenerateCohortArgs, generate_cohort
+    from synthehr.tools.generate_cohort import GenerateCohortArgs, generate_cohort
 
     d = _deps(deps, config, session)
     args = GenerateCohortArgs(condition=condition, n=n, observations=observations, population=population,

@@ -1,25 +1,20 @@
-"""What every tool shares: its result type, the corrective error, the spec the registry lists,
-the session state tools read and update, and the progress reporter long work writes to."""
+"""What every tool shares: its result type, the spec the registry lists and the session state tools read
+and update. The corrective error (`ToolInputError`) and the progress reporters live lower down
+(`synthehr.errors`, `synthehr.progress`) and are re-exported here for tool modules."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from synthehr.errors import ToolInputError
+from synthehr.progress import NullProgress, Progress, TqdmProgress
+
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.deps import Deps
-
-
-class ToolInputError(ValueError):
-    """The caller (usually the LLM) can fix this: the message says what was wrong and lists the valid choices.
-
-    The agent returns it to the model as a corrective observation; the CLI prints it as one line.
-    It must never contain a row of real data.
-    """
+    from synthehr.tools.deps import Deps
 
 
 @dataclass
@@ -77,48 +72,4 @@ class SessionState:
         )
 
 
-class Progress(Protocol):
-    """Progress of long work (training, indexing). Implementations: tqdm (default), Rich, the web page."""
-
-    def start(self, task: str, total: int | None = None) -> None: ...
-
-    def update(self, advance: int = 1, **info: Any) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class TqdmProgress:
-    """A tqdm bar on stderr."""
-
-    def __init__(self, disable: bool = False):
-        self._bar: Any = None
-        self._disable = disable
-
-    def start(self, task: str, total: int | None = None) -> None:
-        from tqdm.auto import tqdm
-
-        self.finish()
-        self._bar = tqdm(total=total, desc=task, file=sys.stderr, disable=self._disable, leave=False)
-
-    def update(self, advance: int = 1, **info: Any) -> None:
-        if self._bar is None:
-            return
-        if info:
-            self._bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in info.items()}, refresh=False)
-        self._bar.update(advance)
-
-    def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-class NullProgress:
-    def start(self, task: str, total: int | None = None) -> None:
-        pass
-
-    def update(self, advance: int = 1, **info: Any) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
+__all__ = ["NullProgress", "Progress", "SessionState", "ToolInputError", "ToolResult", "ToolSpec", "TqdmProgress"]

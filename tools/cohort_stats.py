@@ -18,10 +18,10 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tools import stats_engine as se
-from tools.base import ToolInputError, ToolResult, ToolSpec
-from tools.datasets import dataset_card, resolve_dataset
-from tools.deps import Deps
+from synthehr.tools.engines import stats as se
+from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.store.datasets import dataset_card, resolve_dataset
+from synthehr.tools.deps import Deps
 
 DEFAULT_COLUMNS = 10
 TEXT_COLUMNS = 5
@@ -107,8 +107,8 @@ class LoadedDataset:
     frame: pd.DataFrame
     card: dict[str, Any]
     columns: dict[str, ColumnInfo]
-    profile: Any = None  # tools.profiles.ConditionProfile | None
-    schema: Any = None  # tools.schema.SourceSchema | None
+    profile: Any = None  # synthehr.tools.store.profiles.ConditionProfile | None
+    schema: Any = None  # synthehr.tools.store.schema.SourceSchema | None
 
     @property
     def plots_dir(self) -> Path:
@@ -132,7 +132,7 @@ def _load_profile(card: dict[str, Any], row: dict[str, Any]) -> Any:
     if not cid:
         return None
     try:
-        from tools.profiles import load_profiles, resolve_condition
+        from synthehr.tools.store.profiles import load_profiles, resolve_condition
 
         profiles = load_profiles()
         return profiles.get(cid) or resolve_condition(str(cid), profiles)
@@ -405,7 +405,7 @@ def cohort_stats(deps: Deps, args: CohortStatsArgs) -> ToolResult:
 
     files: list[str] = []
     if plot_items:
-        from tools import plots
+        from synthehr.tools.engines import plots
 
         grouped_cols = columns if args.columns else [c for c in columns if c not in by][:GROUPED_PLOTS]
         files = plots.dataset_plots(

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.base import NullProgress, Progress, SessionState
-from tools.catalog import Catalog
-from tools.config import Settings, load_settings
-from tools.workspace import Workspace
+from synthehr.tools.base import NullProgress, Progress, SessionState
+from synthehr.tools.store.catalog import Catalog
+from synthehr.configs.settings import Settings, load_settings
+from synthehr.tools.store.workspace import Workspace
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Deps:
         if self._index is None:
             factory = self.index_factory
             if factory is None:
-                from tools.knowledge_index import open_index
+                from synthehr.tools.engines.knowledge_index import open_index
 
                 factory = open_index
             self._index = factory(self)

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.base import ToolResult, ToolSpec
-from tools.datasets import dataset_card, resolve_dataset
-from tools.deps import Deps
-from tools.workspace import atomic_write_text
+from synthehr.tools.base import ToolResult, ToolSpec
+from synthehr.tools.store.datasets import dataset_card, resolve_dataset
+from synthehr.tools.deps import Deps
+from synthehr.tools.store.workspace import atomic_write_text
 
 UCUM = {"%": "%", "mg/dL": "mg/dL", "mmHg": "mm[Hg]", "kg/m2": "kg/m2", "kg": "kg", "cm": "cm", "/min": "/min",
         "years": "a", "ratio": "1", "mL/min/1.73m2": "mL/min/{1.73_m2}", "mg/g": "mg/g", "U/L": "U/L"}

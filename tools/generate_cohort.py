@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.base import ToolInputError, ToolResult, ToolSpec
-from tools.deps import Deps
-from tools.schema import ColumnType, SourceSchema
-from tools.workspace import atomic_write_text, new_id, now_iso
+from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.deps import Deps
+from synthehr.tools.store.schema import ColumnType, SourceSchema
+from synthehr.tools.store.workspace import atomic_write_text, new_id, now_iso
 
 DEMOGRAPHICS = ("age_years", "sex", "race_ethnicity")
 DEFAULT_OBSERVATIONS = 10
@@ -63,7 +63,7 @@ class GenerateCohortArgs(BaseModel):
 
 # ---- condition, source, cohort ------------------------------------------------------------
 def resolve_profile(condition: str) -> Any:
-    from tools.profiles import ProfileNotFound, load_profiles, resolve_condition
+    from synthehr.tools.store.profiles import ProfileNotFound, load_profiles, resolve_condition
 
     try:
         return resolve_condition(condition, load_profiles())
@@ -225,7 +225,7 @@ def map_observations(profile: Any, schema: SourceSchema, observations: int | lis
 # ---- models -------------------------------------------------------------------------------
 def find_model(deps: Deps, source: str, conditions: list[str], epsilon: float | None) -> Any | None:
     """A saved model for this source (same content hash) whose conditions cover `conditions` and epsilon <= asked."""
-    from tools.dpgan import ModelLoadError, TrainedGenerator
+    from synthehr.tools.engines.dpgan import ModelLoadError, TrainedGenerator
 
     chash = deps.catalog.content_hash(source)
     schema = deps.catalog.get(source)
@@ -249,8 +249,8 @@ def find_model(deps: Deps, source: str, conditions: list[str], epsilon: float | 
 
 # ---- the tool -----------------------------------------------------------------------------
 def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
-    from tools.dpgan.cohort import parse_filters, parse_proportions
-    from tools.train_generator import train_model
+    from synthehr.tools.engines.dpgan.cohort import parse_filters, parse_proportions
+    from synthehr.tools.train_generator import train_model
 
     t0 = time.perf_counter()
     settings = deps.settings
@@ -369,7 +369,7 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
                   schema: SourceSchema, source: str, frame: pd.DataFrame, seed: int, plan: dict, filters: list,
                   proportions: Any, chosen: list[dict], missing: list[dict]) -> dict[str, Any]:
     """Write the four files into a temporary folder, then rename it into place (all or nothing)."""
-    from tools.dpgan.model import library_versions
+    from synthehr.tools.engines.dpgan.model import library_versions
 
     final = deps.workspace.datasets_dir / dataset_id
     tmp = deps.workspace.datasets_dir / f".{dataset_id}.tmp"
@@ -430,7 +430,7 @@ def _index_lineage(deps: Deps, dataset_id: str) -> None:
     The data set is already written and recorded; if indexing fails, explain_provenance indexes the
     card itself on first use, so the failure is logged (no data in the message) rather than raised.
     """
-    from tools.knowledge_index import index_dataset
+    from synthehr.tools.engines.knowledge_index import index_dataset
 
     try:
         index_dataset(deps, dataset_id)

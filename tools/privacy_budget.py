@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.base import ToolResult, ToolSpec
-from tools.deps import Deps
+from synthehr.tools.base import ToolResult, ToolSpec
+from synthehr.tools.deps import Deps
 
 
 class PrivacyBudgetArgs(BaseModel):

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.deps import Deps
-    from tools.knowledge_index import Hit
+    from synthehr.tools.deps import Deps
+    from synthehr.tools.engines.knowledge_index import Hit
 
 MAX_TEXT_CHARS = 1150
 MAX_TEXT_PASSAGES = 4
@@ -129,7 +129,7 @@ def _is_last(ref: str) -> bool:
 
 def resolve_dataset_row(deps: "Deps", ref: str) -> dict[str, Any] | None:
     """A datasets row for an id or "last" (session's last data set, then the latest one); None if none exist yet."""
-    from tools.datasets import resolve_dataset
+    from synthehr.tools.store.datasets import resolve_dataset
 
     if _is_last(ref):
         if deps.workspace.latest_dataset() is None:
@@ -187,7 +187,7 @@ def _is_ref(doc_id: str, refs: set[str]) -> bool:
 # ---- the tool -----------------------------------------------------------------------------------
 def _rank_sentences(index: Any, question: str, hits: list["Hit"], position_weight: float = 0.02) -> list[list[tuple[float, str]]]:
     """Per hit: (score, sentence) pairs, best first; injection-like sentences dropped."""
-    from tools.knowledge_index import tokenize
+    from synthehr.tools.engines.knowledge_index import tokenize
 
     per_hit: list[list[str]] = []
     for h in hits:
@@ -217,7 +217,7 @@ def _rank_sentences(index: Any, question: str, hits: list["Hit"], position_weigh
 
 
 def explain_provenance(deps: "Deps", args: ExplainProvenanceArgs) -> ToolResult:
-    from tools.knowledge_index import LINEAGE_KIND, dataset_card
+    from synthehr.tools.engines.knowledge_index import LINEAGE_KIND, dataset_card
 
     row, asked = _dataset_for(deps, args)
     index = deps.index

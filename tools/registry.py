@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from tools.base import ToolSpec
+from synthehr.tools.base import ToolSpec
 
 
 class Registry:
@@ -44,14 +44,14 @@ def default_registry() -> Registry:
     Each module defines a module-level ToolSpec named SPEC; imports here are light (no torch).
     """
     specs: list[ToolSpec] = []
-    from tools import export, generate_cohort, privacy_budget, train_generator  # noqa: PLC0415
+    from synthehr.tools import export, generate_cohort, privacy_budget, train_generator  # noqa: PLC0415
 
     specs += [generate_cohort.SPEC, train_generator.SPEC]
-    from tools import cohort_stats  # noqa: PLC0415
+    from synthehr.tools import cohort_stats  # noqa: PLC0415
 
     specs += [cohort_stats.SPEC]
     specs += [privacy_budget.SPEC, export.SPEC]
-    from tools import provenance  # noqa: PLC0415
+    from synthehr.tools import provenance  # noqa: PLC0415
 
     specs += [provenance.SPEC]
     return Registry(specs)

@@ -6,7 +6,7 @@ Order of operations (privacy first):
      lines - the DP preprocessing part and the DP-SGD part - BEFORE any real record is loaded;
   3. load the records, split off a holdout (never trained on) by seed;
   4. train, save the model (safetensors + manifest) into <workspace>/models/<model_id>/;
-  5. if tools.quality is installed, write a quality report on the holdout into the model folder.
+  5. if synthehr.tools.engines.quality is installed, write a quality report on the holdout into the model folder.
 The model row records the epsilon actually spent (<= the charged target).
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.base import ToolInputError, ToolResult, ToolSpec
-from tools.deps import Deps
-from tools.dpgan.privacy import default_delta, split_budget
-from tools.schema import ColumnType, SourceSchema
-from tools.workspace import BudgetExceeded, new_id, now_iso
+from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.deps import Deps
+from synthehr.tools.engines.dpgan.privacy import default_delta, split_budget
+from synthehr.tools.store.schema import ColumnType, SourceSchema
+from synthehr.tools.store.workspace import BudgetExceeded, new_id, now_iso
 
 
 class TrainGeneratorArgs(BaseModel):
@@ -73,7 +73,7 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
                 conditions: list[str] | None = None, epochs: int | None = None, accountant: str | None = None,
                 seed: int | None = None, cohort_column: str | None = None, what: str = "") -> dict[str, Any]:
     """Charge, train, save and record a generator. Returns the models-table record plus a summary."""
-    from tools.dpgan import train_dpgan
+    from synthehr.tools.engines.dpgan import train_dpgan
 
     settings = deps.settings
     schema = deps.catalog.get(source)  # ToolInputError listing the sources
@@ -135,7 +135,7 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
     t0 = time.perf_counter()
     try:
         # 3) Only now load the real records; split the holdout off by seed.
-        from tools.quality import split_holdout  # the report rebuilds the same split from the manifest
+        from synthehr.tools.engines.quality import split_holdout  # the report rebuilds the same split from the manifest
 
         train, holdout = split_holdout(deps.catalog.load(source), holdout_fraction, seed)
         model = train_dpgan(train, schema, target_epsilon=epsilon, target_delta=delta, conditions=conds,
@@ -171,10 +171,10 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
 
 
 def _quality_hook(model: Any, train: Any, holdout: Any, schema: SourceSchema, conds: list[str], model_dir: Any) -> dict | None:
-    """QUALITY HOOK: when tools.quality.build_quality_report is importable, compare a synthetic sample with the
+    """QUALITY HOOK: when synthehr.tools.engines.quality.build_quality_report is importable, compare a synthetic sample with the
     holdout (records training never saw) and write the report (quality.json, ...) into the model folder."""
     try:
-        from tools.quality import build_quality_report
+        from synthehr.tools.engines.quality import build_quality_report
     except ImportError:
         return None
     if len(holdout) == 0:

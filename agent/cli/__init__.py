@@ -1,0 +1,1 @@
+"""Faces for people: the `synthehr` command, one module per group of commands."""

@@ -1,0 +1,684 @@
+"""The ReAct agent: the LLM plans, LangChain tools act, the session remembers.
+
+Public API (stable; the web page and the CLI build on it):
+
+    run_turn(deps, llm, text, *, registry=None, on_event=None) -> TurnResult
+    StepEvent(kind: "thought"|"action"|"observation"|"answer"|"error", tool, args, text, files)
+    TurnResult(answer, steps=[{tool, args, observation, files, ...}], files, declined, parse_failures, ...)
+
+One turn: the request (with a compact session context) goes to the LLM, wrapped as a LangChain
+`LLM` that passes `grammar` and `stop` through to the backend. Each reply is one ReAct step,
+parsed by LangChain's ReAct output parser (`langchain_classic`); the Action runs as a LangChain
+tool made by synthehr.agent.tooling from the registry's ToolSpec. Grammar-constrained decoding (GBNF
+from the registry), grounding of arguments in the user's words, few-shot examples and an
+embedding router make a 135M model usable; the same design helps LLaMA-2. Parse errors,
+unknown tools and invalid arguments go back to the model as corrective observations listing
+the valid choices. Observations are sanitised before they enter the prompt (a document that
+says "Action: ..." is data, never a step). The step limit is settings.llm.max_steps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.language_models.llms import LLM
+
+from synthehr.agent import grounding, prompts
+from synthehr.agent import session as session_mod
+from synthehr.agent.llm.base import cut_at_stop
+from synthehr.tools.base import ToolInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthehr.agent.llm.base import LLMBackend
+    from synthehr.agent.router import Route, Router
+    from synthehr.tools.deps import Deps
+    from synthehr.tools.registry import Registry
+
+__all__ = ["StepEvent", "TurnResult", "run_turn", "BackendLLM", "sanitize_observation", "DEFAULT_ROUTER"]
+
+MAX_OBSERVATION_CHARS = 900
+DEFAULT_ROUTER = "auto"
+CAPABILITIES = (
+    "I can generate differentially private synthetic patient cohorts (e.g. \"generate 2000 Type 2 diabetes patients "
+    "with 20 important observations based on the US population\"), compute statistics of them, and explain which "
+    "real-world data sources, guidelines and privacy methods they are based on."
+)
+OUT_OF_SCOPE = "That is outside what I can help with. " + CAPABILITIES
+
+
+# ---- public types ----------------------------------------------------------------------------------
+@dataclass
+class StepEvent:
+    """Something that happened in a turn, delivered to `on_event` as it happens."""
+
+    kind: str  # "thought" | "action" | "observation" | "answer" | "error"
+    tool: str | None = None
+    args: dict[str, Any] | None = None
+    text: str = ""
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TurnResult:
+    answer: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    declined: bool = False
+    parse_failures: int = 0
+    llm_calls: int = 0
+    session: str = "default"
+    composed: bool = False  # the answer was composed from tool output (the model's was unusable)
+    latency_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- the backend as a LangChain LLM ------------------------------------------------------------------
+class BackendLLM(LLM):
+    """A synthehr LLMBackend as a LangChain LLM; `grammar` and `messages` pass through as invoke kwargs.
+
+    The backend applies its model's own chat template, so the agent passes the chat `messages`;
+    the string prompt is the flattened transcript (for LangChain callbacks and tracing).
+    """
+
+    backend: Any
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "synthehr-backend"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"backend": getattr(self.backend, "name", "?"), "model_id": getattr(self.backend, "model_id", "?")}
+
+    def _call(self, prompt: str, stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any) -> str:
+        messages = kwargs.get("messages") or [{"role": "user", "content": prompt}]
+        grammar = kwargs.get("grammar")
+        if not getattr(self.backend, "supports_grammar", False):
+            grammar = None
+        text = self.backend.generate(
+            messages,
+            stop=stop,
+            max_tokens=int(kwargs.get("max_tokens") or self.max_tokens),
+            grammar=grammar,
+            temperature=self.temperature,
+        )
+        # Some backends ignore `stop` (HuggingFacePipeline): cut here as well.
+        return cut_at_stop(text or "", stop)
+
+
+# ---- sanitising ---------------------------------------------------------------------------------------
+_REACT_WORDS = re.compile(r"(?im)\b(action\s*input|action|observation|thought|final\s*answer)\s*:")
+_CHAT_TOKENS = re.compile(r"<\|[^|>]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<\|?(?:im_start|im_end|endoftext)\|?>", re.I)
+
+
+def sanitize_observation(text: str, limit: int = MAX_OBSERVATION_CHARS) -> str:
+    """Make tool output or user data safe to put into the prompt: ReAct keywords and chat-template tokens
+    are neutralised (so retrieved text cannot inject a step) and the length is capped."""
+    text = _CHAT_TOKENS.sub(" ", str(text))
+    text = _REACT_WORDS.sub(lambda m: m.group(1).lower() + " -", text)
+    text = re.sub(r"[ \t]+", " ", text).strip()
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text
+
+
+# ---- the agent ------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    def __init__(self, answer: str, declined: bool = False):
+        super().__init__(answer)
+        self.answer = answer
+        self.declined = declined
+
+
+class ReActAgent:
+    def __init__(
+        self,
+        deps: "Deps",
+        llm: Any,
+        registry: "Registry",
+        *,
+        router: "Router | None" = None,
+        on_event: Callable[[StepEvent], None] | None = None,
+        max_steps: int | None = None,
+    ):
+        from synthehr.agent.tooling import to_langchain_tools
+
+        self.deps = deps
+        self.settings = deps.settings
+        self.registry = registry
+        self.router = router
+        self.on_event = on_event
+        self.max_steps = max_steps or self.settings.llm.max_steps
+        self.lc_llm = llm if isinstance(llm, BackendLLM) else BackendLLM(
+            backend=llm, max_tokens=self.settings.llm.max_new_tokens, temperature=self.settings.llm.temperature)
+        self.backend = self.lc_llm.backend
+        self.tools = to_langchain_tools(registry, deps)
+        from langchain_classic.agents.output_parsers import ReActSingleInputOutputParser
+
+        self.parser = ReActSingleInputOutputParser()
+        self.native = bool(self.settings.llm.tool_calling and getattr(self.backend, "supports_tool_calls", False)
+                           and hasattr(self.backend, "generate_tool_call"))
+        self.constrained = bool(self.settings.llm.constrained and getattr(self.backend, "supports_grammar", False))
+        self._grammars: dict[tuple[Any, ...], str] = {}
+        self.grammar: str | None = self._grammar() if self.constrained else None
+
+    def _grammar(self, tools: tuple[str, ...] | None = None, final: bool = True, actions: bool = True) -> str:
+        key = (tools, final, actions)
+        if key not in self._grammars:
+            from synthehr.agent.grammar import build_step_grammar
+
+            self._grammars[key] = build_step_grammar(self.registry, tools=list(tools) if tools else None,
+                                                     allow_final=final, allow_actions=actions)
+        return self._grammars[key]
+
+    def _plan_grammar(self, pending: list["Route"], whole: "Route | None", any_ok: bool, last_failed: bool) -> str | None:
+        """The grammar of the next step. With the router, a step that must act may only name the likely
+        tools, and a step after the last needed tool may only answer; the model still writes the thought,
+        the arguments and the answer. Without the router (or after an error) every tool and the answer."""
+        if not self.constrained:
+            return None
+        if self.router is None or last_failed:
+            return self.grammar
+        def top_tools(route: "Route", first: str) -> tuple[str, ...]:
+            ranked = [t for t, v in sorted(route.scores.items(), key=lambda kv: -kv[1])
+                      if t in self.registry and t != first and v >= route.scores.get(first, 0) - 0.1]
+            return tuple([first] + ranked[:1])
+        if pending:
+            return self._grammar(tools=top_tools(pending[0], pending[0].tool), final=False)
+        if any_ok:
+            return self._grammar(actions=False)
+        if whole is not None and whole.tool in self.registry and whole.score >= self.router.min_score:
+            return self._grammar(tools=top_tools(whole, whole.tool), final=False)
+        if whole is not None and whole.tool == "none" and whole.confident:
+            return self._grammar(actions=False)
+        return self.grammar
+
+    # -- events ------------------------------------------------------------------------------------------
+    def emit(self, kind: str, tool: str | None = None, args: dict[str, Any] | None = None, text: str = "",
+             files: list[str] | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event(StepEvent(kind=kind, tool=tool, args=args, text=text, files=list(files or [])))
+
+    # -- one turn -----------------------------------------------------------------------------------------
+    def run(self, text: str) -> TurnResult:
+        started = time.perf_counter()
+        deps = self.deps
+        name = deps.session.name
+        _, turns = deps.workspace.load_session(name)
+        sess = session_mod.Session(name=name, state=deps.session, turns=list(turns))
+        result = TurnResult(answer="", session=name)
+        self.steps: list[dict[str, Any]] = []
+        self.result = result
+        try:
+            result.answer = self._loop(text, sess)
+        except _Stop as stop:
+            result.answer = stop.answer
+            result.declined = stop.declined
+        result.steps = self.steps
+        result.files = list(dict.fromkeys(f for s in self.steps for f in (s.get("files") or [])))
+        self.emit("answer", text=result.answer, files=result.files)
+        result.latency_s = round(time.perf_counter() - started, 3)
+        sess.add_turn(text, self.steps, result.answer, result.files, _now())
+        session_mod.save(deps, sess)
+        return result
+
+    def _decline(self, answer: str) -> None:
+        raise _Stop(answer, declined=True)
+
+    def _loop(self, text: str, sess: session_mod.Session) -> str:
+        result = self.result
+        facts = grounding.extract_facts(text)
+        try:
+            grounding.check_request(text)
+            grounding.check_limits(facts, self.settings)
+        except grounding.Decline as exc:
+            self.emit("thought", text="The request must be declined.")
+            self._decline(str(exc))
+
+        intents: list[Route] = []
+        none_route: Route | None = None
+        whole: Route | None = None
+        if self.router is not None:
+            routes = self.router.plan(text)
+            whole = routes[0] if len(routes) == 1 else None
+            intents = [r for r in routes if r.confident and r.tool in self.registry]
+            if routes and routes[0].tool == "none" and routes[0].confident:
+                none_route = routes[0]
+            if (not intents and whole is not None and whole.tool in self.registry
+                    and whole.score >= self.router.min_score - 0.1
+                    and self._is_generation(whole.tool) and grounding._last_generation(sess.state) is not None
+                    and (facts.filters() or facts.older or facts.younger or facts.n is not None)):
+                # A restriction of the last cohort ("now only people over 75"): the session makes it confident.
+                intents = [whole]
+
+        messages: list[dict[str, str]] = [{"role": "system", "content": prompts.system_prompt(self.registry, self.settings)}]
+        messages += prompts.few_shot_messages(self.registry)
+        messages.append({"role": "user", "content": prompts.user_message(sanitize_observation(text, 2000),
+                                                                         sess.context_text())})
+        consecutive_failures = 0
+        calls: set[str] = set()
+        final_text: str | None = None
+        for _ in range(self.max_steps):
+            any_ok = any(st.get("ok") for st in self.steps)
+            last_failed = bool(self.steps) and not self.steps[-1].get("ok")
+            grammar = self._plan_grammar(intents, whole, any_ok, last_failed)
+            raw = self._native_step(messages) if self.native else self._generate(messages, grammar)
+            result.llm_calls += 1
+            step_text = cut_at_stop(raw, prompts.STOP).strip()
+            parsed, error = self._parse(step_text)
+            thought = _thought(step_text)
+            if thought:
+                self.emit("thought", text=thought)
+            if error is not None:
+                result.parse_failures += 1
+                consecutive_failures += 1
+                route = intents[0] if intents else None
+                if consecutive_failures >= 2 and route is not None:
+                    obs = self._call(route.tool, None, facts, sess, thought, source="router", calls=calls)
+                    intents = [i for i in intents if i.tool != route.tool]
+                    messages += [{"role": "assistant", "content": prompts.format_step(
+                        thought or "Use the tool.", route.tool, self.steps[-1].get("args"))},
+                        {"role": "user", "content": f"Observation: {obs}"}]
+                    consecutive_failures = 0
+                    continue
+                self.steps.append({"tool": None, "args": None, "observation": error, "files": [], "ok": False,
+                                   "error": "parse", "thought": thought, "raw": step_text[:500]})
+                self.emit("error", text=error)
+                messages += [{"role": "assistant", "content": step_text[:600] or "(empty)"},
+                             {"role": "user", "content": f"Observation: {error}"}]
+                continue
+
+            kind, tool, tool_input = parsed
+            if kind == "final":
+                done = [s for s in self.steps if s.get("tool") and s.get("ok")]
+                pending = [i for i in intents if not any(s["tool"] == i.tool for s in done)]
+                if pending:
+                    route = pending[0]
+                    obs = self._call(route.tool, None, facts, sess, thought, source="router", calls=calls)
+                    if self.steps[-1].get("ok") or self.steps[-1].get("error") == "repeat":
+                        intents = [i for i in intents if i.tool != route.tool]
+                    messages += [{"role": "assistant", "content": prompts.format_step(
+                        "Use the tool the request needs.", route.tool, self.steps[-1].get("args"))},
+                        {"role": "user", "content": f"Observation: {obs}"}]
+                    continue
+                final_text = tool_input
+                if (none_route is not None and not self.steps and not intents
+                        and not re.search(r"\b(?:can't|cannot|can not|unable|not able|outside|only)\b", final_text or "", re.I)):
+                    self._decline(OUT_OF_SCOPE)
+                break
+
+            # An action.
+            tool = _clean_tool_name(tool)
+            route = intents[0] if intents else None
+            source = "model"
+            if tool not in self.registry:
+                consecutive_failures += 1
+                if consecutive_failures >= 2 and route is not None:
+                    tool, tool_input, source = route.tool, None, "router"
+                else:
+                    result.parse_failures += 1
+                    err = prompts.UNKNOWN_TOOL.format(name=tool[:60], tools=", ".join(self.registry.names))
+                    self.steps.append({"tool": None, "args": None, "observation": err, "files": [], "ok": False,
+                                       "error": "unknown_tool", "thought": thought, "requested_tool": tool[:60]})
+                    self.emit("error", tool=None, text=err)
+                    messages += [{"role": "assistant", "content": step_text[:600]},
+                                 {"role": "user", "content": f"Observation: {err}"}]
+                    continue
+            if route is not None and tool != route.tool and tool not in {i.tool for i in intents}:
+                # The model's choice contradicts a confident router decision.
+                tool, tool_input, source = route.tool, None, "router"
+            if (none_route is not None and not intents and not self.steps and source == "model"
+                    and none_route.margin >= 0.1):
+                self._decline(OUT_OF_SCOPE)
+            consecutive_failures = 0
+            args: dict[str, Any] | None = None
+            if tool_input is not None:
+                args, err = self._parse_json(tool, tool_input)
+                if err is not None:
+                    result.parse_failures += 1
+                    consecutive_failures += 1
+                    self.steps.append({"tool": tool, "args": None, "observation": err, "files": [], "ok": False,
+                                       "error": "json", "thought": thought})
+                    self.emit("error", tool=tool, text=err)
+                    messages += [{"role": "assistant", "content": step_text[:600]},
+                                 {"role": "user", "content": f"Observation: {err}"}]
+                    continue
+            obs = self._call(tool, args, facts, sess, thought, source=source, calls=calls)
+            step = self.steps[-1]
+            if step.get("ok"):
+                intents = [i for i in intents if i.tool != tool]
+            shown = prompts.format_step(thought or "Use the tool.", tool, step.get("args") or args or {})
+            follow = ""
+            if intents and step.get("ok"):
+                follow = f"\nThe request also asks: \"{sanitize_observation(intents[0].text, 200)}\"."
+            messages += [{"role": "assistant", "content": shown},
+                         {"role": "user", "content": f"Observation: {obs}{follow}"}]
+        return self._finalize(final_text, text, sess)
+
+    # -- model call and parsing ---------------------------------------------------------------------------
+    def _generate(self, messages: list[dict[str, str]], grammar: str | None) -> str:
+        prompt = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+        kwargs: dict[str, Any] = {"messages": messages}
+        if grammar is not None:
+            kwargs["grammar"] = grammar
+        return self.lc_llm.invoke(prompt, stop=list(prompts.STOP), **kwargs)
+
+    def _native_step(self, messages: list[dict[str, str]]) -> str:
+        """One step through the server's native tool calling, written as the equivalent ReAct step, so that
+        parsing, grounding, validation and safety are exactly those of the text path."""
+        from synthehr.agent.tooling import openai_tool_schemas
+
+        reply = self.backend.generate_tool_call(messages, openai_tool_schemas(self.registry),
+                                                max_tokens=self.settings.llm.max_new_tokens)
+        content = (getattr(reply, "content", "") or "").strip()
+        calls = list(getattr(reply, "tool_calls", []) or [])
+        if calls:
+            c = calls[0]
+            args = c.arguments if c.arguments is not None else c.raw_arguments
+            thought = content.splitlines()[0][:200] if content else "Use the tool."
+            return (f"Thought: {thought}\nAction: {c.name}\nAction Input: "
+                    f"{json.dumps(args) if isinstance(args, dict) else args}")
+        if re.search(r"Action\s*:|Final Answer\s*:", content):
+            return content
+        return f"Thought: I can answer now.\nFinal Answer: {content}"
+
+    def _parse(self, step_text: str) -> tuple[tuple[str, str, str | None] | None, str | None]:
+        from langchain_core.agents import AgentAction, AgentFinish
+        from langchain_core.exceptions import OutputParserException
+
+        tools = ", ".join(self.registry.names)
+        if not step_text.strip():
+            return None, prompts.CORRECT_FORMAT.format(tools=tools)
+        text = step_text
+        # A small model sometimes writes both an action and a final answer: the first one counts.
+        if "Final Answer:" in text and re.search(r"Action\s*:", text):
+            if text.index("Final Answer:") < re.search(r"Action\s*:", text).start():
+                text = text[: re.search(r"\n?\s*Action\s*:", text).start()]
+            else:
+                text = text[: text.index("Final Answer:")]
+        try:
+            parsed = self.parser.parse(text)
+        except OutputParserException:
+            return None, prompts.CORRECT_FORMAT.format(tools=tools)
+        if isinstance(parsed, AgentFinish):
+            return ("final", "", str(parsed.return_values.get("output", ""))), None
+        assert isinstance(parsed, AgentAction)
+        return ("action", parsed.tool, str(parsed.tool_input)), None
+
+    def _parse_json(self, tool: str, tool_input: str) -> tuple[dict[str, Any] | None, str | None]:
+        raw = tool_input.strip().strip("`").strip()
+        if raw.startswith("json"):
+            raw = raw[4:].strip()
+        candidates = [raw]
+        m = re.search(r"\{.*\}", raw, re.S)
+        if m:
+            candidates.append(m.group(0))
+        for c in candidates:
+            try:
+                value = json.loads(c)
+            except (json.JSONDecodeError, ValueError):
+                continue
+            if isinstance(value, dict):
+                return value, None
+        if raw in ("", "{}", "None", "none", "null"):
+            return {}, None
+        spec = self.registry.get(tool)
+        from synthehr.agent.tooling import describe_args
+
+        keys = ", ".join(a["name"] + ("*" if a["required"] else "") for a in describe_args(spec.args_model))
+        example = json.dumps({a["name"]: "..." for a in describe_args(spec.args_model) if a["required"]} or {})
+        return None, prompts.BAD_JSON.format(name=tool, example=example, keys=keys)
+
+    # -- one tool call ------------------------------------------------------------------------------------
+    def _call(self, tool: str, args: dict[str, Any] | None, facts: grounding.Facts, sess: session_mod.Session,
+              thought: str, *, source: str, calls: set[str]) -> str:
+        from pydantic import ValidationError
+
+        from synthehr.agent.tooling import invoke_tool, validation_message
+
+        spec = self.registry.get(tool)
+        step: dict[str, Any] = {"tool": tool, "args": None, "observation": "", "files": [], "ok": False,
+                                "thought": thought, "source": source}
+        self.steps.append(step)
+        notes: list[str] = []
+        try:
+            raw_args = dict(args or {})
+            grounded, notes = grounding.ground_args(spec, raw_args, facts, sess.state, self.settings,
+                                                    sources=self._sources())
+            grounding.check_args_limits(spec, grounded, self.settings)
+            validated = spec.args_model.model_validate(grounded)
+            call_args = validated.model_dump(exclude_unset=True)
+        except grounding.Decline as exc:
+            self.steps.pop()
+            self._decline(str(exc))
+        except ToolInputError as exc:
+            if any(st.get("tool") == tool and st.get("error") == "arguments" for st in self.steps[:-1]):
+                self.steps[-1].update(observation=sanitize_observation(str(exc)), ok=False, error="arguments", args=args)
+                raise _Stop("I need more information: " + str(exc).replace("Ask the user which condition they want.",
+                                                                            "Which condition do you want?"))
+            return self._fail(step, str(exc), args, notes)
+        except ValidationError as exc:
+            return self._fail(step, validation_message(spec, exc), args, notes)
+        step["args"] = call_args
+        step["notes"] = notes
+        if source == "router":
+            step["notes"] = [f"tool chosen by the router (the model chose otherwise)"] + notes
+        key = tool + json.dumps(call_args, sort_keys=True, default=str)
+        if key in calls:
+            msg = prompts.REPEATED.format(name=tool)
+            step.update(observation=msg, ok=False, error="repeat")
+            self.emit("error", tool=tool, args=call_args, text=msg)
+            if sum(1 for s in self.steps if s.get("error") == "repeat") >= 2:
+                raise _Stop(self._finalize(None, facts.text, sess))
+            return msg
+        calls.add(key)
+        self.emit("action", tool=tool, args=call_args, text=thought)
+        before = sess.state.to_dict()
+        content, artifact, ok = invoke_tool(self.tools[tool], call_args, f"call-{uuid.uuid4().hex[:8]}")
+        if ok and artifact is not None:
+            session_mod.update_state(sess.state, tool, call_args, artifact, before)
+        obs = sanitize_observation(content)
+        files = [str(f) for f in (artifact.files if artifact is not None else [])]
+        outside = [f for f in files if not self.deps.workspace.contains(f)]
+        if outside:  # tools write only inside the workspace; never hand out other paths
+            files = [f for f in files if f not in outside]
+            step.setdefault("notes", []).append(f"{len(outside)} file path(s) outside the workspace withheld")
+        step.update(observation=obs, files=files, ok=ok, data=_safe_data(artifact.data if artifact else None))
+        if not ok:
+            step["error"] = "tool"
+        self.emit("observation" if ok else "error", tool=tool, args=call_args, text=obs, files=files)
+        return obs
+
+    def _is_generation(self, tool: str) -> bool:
+        roles = {grounding.field_role(k) for k in self.registry.get(tool).args_model.model_fields}
+        return {"condition", "n"} <= roles
+
+    def _sources(self) -> list[str]:
+        try:
+            return list(self.deps.catalog.names())
+        except Exception:  # noqa: BLE001 - grounding works without the catalog
+            return []
+
+    def _fail(self, step: dict[str, Any], message: str, args: dict[str, Any] | None, notes: list[str]) -> str:
+        msg = sanitize_observation(message)
+        step.update(observation=msg, ok=False, error="arguments", args=args, notes=notes)
+        self.emit("error", tool=step["tool"], args=args, text=msg)
+        return msg
+
+    # -- the final answer ---------------------------------------------------------------------------------
+    def _finalize(self, model_answer: str | None, text: str, sess: session_mod.Session) -> str:
+        done = [s for s in self.steps if s.get("tool") and s.get("observation") and s.get("error") != "repeat"]
+        answer = (model_answer or "").strip()
+        if not done:
+            if _usable(answer):
+                return answer
+            errors = [s["observation"] for s in self.steps if s.get("observation")]
+            if errors:
+                self.result.composed = True
+                return "I could not complete the request. " + errors[-1]
+            return CAPABILITIES
+        # A small model often ends with a question of its own after the facts; after a tool ran it is noise.
+        answer = _drop_trailing_questions(answer)
+        evidence = " ".join([text, sess.context_text()] + [json.dumps(s.get("args") or {}) + " " + s["observation"]
+                                                          for s in done])
+        files = list(dict.fromkeys(f for s in done for f in (s.get("files") or [])))
+        ok_obs = " ".join(s["observation"] for s in done if s.get("ok"))
+        if _usable(answer) and _faithful(answer, evidence) and (not ok_obs or _grounded_in(answer, ok_obs)):
+            missing = [f for f in files if Path(f).name not in answer and f not in answer]
+            extra = []
+            if files and len(missing) == len(files):
+                extra.append("Files: " + ", ".join(files))
+            if not re.search(r"\b(?:source|nhanes|guideline|\[\d\])", answer, re.I):
+                cited = _source_sentences(ok_obs)
+                if cited:
+                    extra.append("Sources (tool output): " + cited)
+            return answer + ("\n\n" + "\n".join(extra) if extra else "")
+        self.result.composed = True
+        lines = ["Here is what the tools reported (tool output, quoted):"]
+        for s in done:
+            status = "" if s.get("ok") else " (error)"
+            lines.append(f"- {s['tool']}{status}: {s['observation']}")
+        if files:
+            lines.append("Files: " + ", ".join(files))
+        return "\n".join(lines)
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+def _now() -> str:
+    from synthehr.tools.store.workspace import now_iso
+
+    return now_iso()
+
+
+def _thought(step_text: str) -> str:
+    m = re.search(r"Thought\s*:\s*(.*?)(?:\n|$)", step_text)
+    return m.group(1).strip()[:300] if m else ""
+
+
+def _clean_tool_name(name: str) -> str:
+    name = name.strip().strip("`'\"[]().:").strip()
+    name = name.split("\n")[0].strip()
+    return re.sub(r"\s+", "_", name)
+
+
+def _drop_trailing_questions(answer: str) -> str:
+    """Remove questions the model appended after its answer ("What is the difference between the two?");
+    the rest of the text, line breaks included, is kept as it is."""
+    out = answer.strip()
+    while True:
+        m = re.search(r"(?<=[.!?])\s+[^.!?]*\?$", out)
+        if not m:
+            return out
+        out = out[: m.start()].rstrip()
+
+
+def _usable(answer: str) -> bool:
+    a = answer.strip()
+    if len(a) < 12 or len(re.findall(r"[A-Za-z]{3,}", a)) < 3:
+        return False
+    if _REACT_WORDS.search(a) or _CHAT_TOKENS.search(a):
+        return False
+    words = re.findall(r"\w+", a.lower())
+    return len(set(words)) >= max(3, len(words) // 4)
+
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?")
+
+
+def _numbers(text: str) -> set[float]:
+    out = set()
+    for m in _NUMBER.finditer(text):
+        try:
+            out.add(round(float(m.group(0).replace(",", "")), 6))
+        except ValueError:
+            pass
+    return out
+
+
+def _faithful(answer: str, evidence: str) -> bool:
+    """Every number in the answer occurs in the request, the context, the arguments or the observations."""
+    have = _numbers(evidence)
+    for n in _numbers(answer):
+        if n not in have and not any(abs(n - h) <= 0.051 * max(abs(h), 1e-9) and abs(n - h) < 1 for h in have):
+            return False
+    ids = re.findall(r"\b[a-z]+-\d{8}-\d{6}-[0-9a-f]{6}\b", answer)
+    return all(i in evidence for i in ids)
+
+
+_REFUSAL = re.compile(r"\b(?:sorry|can't|cannot|unable|not able|as an ai)\b", re.I)
+_STOPWORDS = set("the a an of and or in on for to with from by is are was were be this that these those it its "
+                 "as at i you we they he she them their our your have has had not no yes".split())
+
+
+def _grounded_in(answer: str, observations: str) -> bool:
+    """After a tool succeeded, the answer must use its output (a number, an id or several content words)
+    and must not claim it could not help."""
+    if _REFUSAL.search(answer):
+        return False
+    if _numbers(answer) & _numbers(observations):
+        return True
+    aw = {w for w in re.findall(r"[a-z0-9-]+", answer.lower()) if w not in _STOPWORDS and len(w) > 2}
+    ow = {w for w in re.findall(r"[a-z0-9-]+", observations.lower()) if w not in _STOPWORDS and len(w) > 2}
+    return len(aw & ow) >= 3
+
+
+def _source_sentences(observations: str) -> str:
+    """The sentences of the tool output that name sources or guidelines."""
+    sentences = re.split(r"(?<=[.!?])\s+", observations)
+    picked = [x.strip() for x in sentences if re.search(r"\b(?:sources?|guidelines?)\b|\[\d\]", x, re.I)]
+    return " ".join(dict.fromkeys(picked))[:600]
+
+
+def _safe_data(data: Any) -> Any:
+    """A JSON-safe copy of a tool's structured result (for --json and the web page)."""
+    if data is None:
+        return None
+    try:
+        return json.loads(json.dumps(data, default=str))
+    except (TypeError, ValueError):
+        return None
+
+
+def _default_registry() -> "Registry":
+    from synthehr.tools.registry import default_registry
+
+    return default_registry()
+
+
+def run_turn(
+    deps: "Deps",
+    llm: "LLMBackend | BackendLLM",
+    text: str,
+    *,
+    registry: "Registry | None" = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+    router: "Router | str | None" = DEFAULT_ROUTER,
+    max_steps: int | None = None,
+) -> TurnResult:
+    """Answer one user request in the session `deps.session.name`, calling tools as the LLM decides.
+
+    `llm` is an synthehr.agent.llm.base.LLMBackend (or a BackendLLM). `registry` defaults to every tool
+    synthehr ships. `on_event` receives StepEvents as they happen. `router` is "auto" (the packaged
+    embedding router when it loads), None (no router) or a Router. History and tool state are saved
+    in the workspace's sessions table after the turn.
+    """
+    registry = registry if registry is not None else _default_registry()
+    if router == "auto":
+        from synthehr.agent.router import default_router
+
+        router = default_router(registry, deps.settings.knowledge.embedding_model)
+    elif isinstance(router, str):
+        raise ValueError("router must be 'auto', None or a Router")
+    agent = ReActAgent(deps, llm, registry, router=router, on_event=on_event, max_steps=max_steps)
+    return agent.run(text)

@@ -1,0 +1,1 @@
+"""Faces for people: the local chat page (FastAPI app and its static assets)."""

@@ -1,0 +1,133 @@
+"""Generator and discriminator networks (imported lazily: this module imports torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from synthehr.tools.engines.dpgan.encoding import TableEncoder
+
+
+class Generator(nn.Module):
+    """z + condition one-hot -> raw output vector (activations applied per block by `activate`)."""
+
+    def __init__(self, noise_dim: int, cond_dim: int, data_dim: int, hidden_dim: int, layers: int = 2):
+        super().__init__()
+        dims = [noise_dim + cond_dim] + [hidden_dim] * layers
+        body: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            body += [nn.Linear(a, b), nn.LayerNorm(b), nn.ReLU()]
+        self.body = nn.Sequential(*body)
+        # The head also sees the condition directly: feature-label relations are easy to express.
+        self.head = nn.Linear(hidden_dim + cond_dim, data_dim)  # data_dim: the encoder's raw_dim
+        self.noise_dim = noise_dim
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.body(torch.cat([z, cond], dim=1))
+        return self.head(torch.cat([h, cond], dim=1))
+
+
+class Discriminator(nn.Module):
+    """Small MLP critic, no BatchNorm (Opacus per-sample gradients); LeakyReLU."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 128, layers: int = 2):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * layers
+        body: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            body += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*body)
+        self.out = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x)).squeeze(1)
+
+
+def activate(raw: torch.Tensor, enc: TableEncoder, tau: float = 0.2, hard: bool = True) -> torch.Tensor:
+    """Training-time map from the generator's raw output to the encoded data layout.
+
+    Numeric: either tanh of one value, or (numeric_bins > 0) a straight-through Gumbel-softmax
+    choice of an equal-width bin plus a sigmoid offset inside it, giving a value in [-1, 1].
+    One-hots (categories, missingness): straight-through Gumbel-softmax. A numeric value is
+    multiplied by its 'present' indicator, matching how real missing values are encoded (0).
+    """
+    parts: list[torch.Tensor] = []
+    for b in enc.blocks:
+        r = raw[:, b.raw_start : b.raw_start + b.raw_width]
+        if b.kind == "numeric":
+            if b.bins:
+                oh = F.gumbel_softmax(r[:, : b.bins], tau=tau, hard=hard)
+                idx = oh @ torch.arange(b.bins, dtype=raw.dtype)
+                off = torch.sigmoid(r[:, b.bins])
+                v = (-1.0 + 2.0 * (idx + off) / b.bins).unsqueeze(1)
+                rest = r[:, b.bins + 1 :]
+            else:
+                v = torch.tanh(r[:, :1])
+                rest = r[:, 1:]
+            if b.has_missing:
+                ind = F.gumbel_softmax(rest[:, :2], tau=tau, hard=hard)
+                parts += [v * ind[:, :1], ind]
+            else:
+                parts.append(v)
+        else:
+            parts.append(F.gumbel_softmax(r, tau=tau, hard=hard))
+    return torch.cat(parts, dim=1) if parts else raw[:, :0]
+
+
+def cell_probs(raw: torch.Tensor, enc: TableEncoder) -> list[torch.Tensor]:
+    """Per record and block, the generator's probabilities over the block's marginal cells (differentiable)."""
+    out = []
+    for b in enc.blocks:
+        r = raw[:, b.raw_start : b.raw_start + b.raw_width]
+        if b.kind == "numeric":
+            k = b.bins or 1
+            p = torch.softmax(r[:, : b.bins], dim=1) if b.bins else torch.ones(r.shape[0], 1, dtype=raw.dtype)
+            if b.has_missing:
+                pm = torch.softmax(r[:, k + 1 if b.bins else 1 :][:, :2], dim=1)
+                p = torch.cat([p * pm[:, :1], pm[:, 1:2]], dim=1)
+            out.append(p)
+        else:
+            out.append(torch.softmax(r, dim=1))
+    return out
+
+
+def numeric_value(raw: torch.Tensor, b: Any) -> torch.Tensor:
+    """Expected scaled value in [-1, 1] of a numeric block (differentiable; bins: softmax-weighted)."""
+    r = raw[:, b.raw_start : b.raw_start + b.raw_width]
+    if b.bins:
+        p = torch.softmax(r[:, : b.bins], dim=1)
+        idx = p @ torch.arange(b.bins, dtype=raw.dtype)
+        return -1.0 + 2.0 * (idx + torch.sigmoid(r[:, b.bins])) / b.bins
+    return torch.tanh(r[:, 0])
+
+
+def sample_parts(raw: torch.Tensor, enc: TableEncoder, gen: torch.Generator) -> tuple[dict, dict, dict]:
+    """Sampling-time decoding of raw generator output: (numeric values in [-1, 1], missing masks, discrete codes)."""
+    numeric, missing, discrete = {}, {}, {}
+    for b in enc.blocks:
+        r = raw[:, b.raw_start : b.raw_start + b.raw_width]
+        if b.kind == "numeric":
+            if b.bins:
+                idx = _categorical(r[:, : b.bins], gen).to(raw.dtype)
+                off = torch.sigmoid(r[:, b.bins])
+                numeric[b.name] = (-1.0 + 2.0 * (idx + off) / b.bins).numpy()
+                rest = r[:, b.bins + 1 :]
+            else:
+                numeric[b.name] = torch.tanh(r[:, 0]).numpy()
+                rest = r[:, 1:]
+            if b.has_missing:
+                missing[b.name] = (_categorical(rest[:, :2], gen) == 1).numpy()
+        else:
+            discrete[b.name] = _categorical(r, gen).numpy()
+    return numeric, missing, discrete
+
+
+def _categorical(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One index per row drawn from softmax(logits): inverse-CDF with one uniform per row (seeded generator)."""
+    p = torch.softmax(logits, dim=1)
+    cdf = torch.cumsum(p, dim=1)
+    u = torch.rand((logits.shape[0], 1), generator=gen, dtype=cdf.dtype) * cdf[:, -1:]
+    return (cdf < u).sum(dim=1).clamp_(max=logits.shape[1] - 1)

@@ -1,0 +1,361 @@
+"""The workspace: one directory with an SQLite database and folders for models, data sets and the index.
+
+Writes are atomic (temporary file + rename; one transaction per record). The database runs in WAL
+mode with a busy timeout, so two synthehr commands can work in the same workspace at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from synthehr.errors import UserError
+
+SCHEMA_VERSION = 1
+
+# Each entry migrates the database from version i to i + 1.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('builtin', 'user')),
+        schema_json TEXT NOT NULL,
+        data_path TEXT,
+        content_hash TEXT,
+        n_rows INTEGER,
+        registered_at TEXT NOT NULL
+    );
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        path TEXT NOT NULL,
+        epsilon REAL NOT NULL,
+        delta REAL NOT NULL,
+        accountant TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        conditions_json TEXT NOT NULL DEFAULT '[]',
+        manifest_json TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT NOT NULL,
+        session TEXT,
+        params_json TEXT NOT NULL DEFAULT '{}',
+        result_json TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        run_id TEXT,
+        model_id TEXT,
+        source TEXT NOT NULL,
+        condition TEXT,
+        n_rows INTEGER NOT NULL,
+        dir TEXT NOT NULL,
+        epsilon REAL,
+        delta REAL,
+        created_at TEXT NOT NULL,
+        session TEXT,
+        card_json TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        at TEXT NOT NULL,
+        epsilon REAL NOT NULL CHECK (epsilon >= 0),
+        delta REAL NOT NULL CHECK (delta >= 0),
+        mechanism TEXT NOT NULL,
+        what TEXT NOT NULL,
+        ref TEXT
+    );
+    CREATE INDEX ledger_source ON ledger(source);
+    CREATE TABLE sessions (
+        name TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        state_json TEXT NOT NULL DEFAULT '{}',
+        history_json TEXT NOT NULL DEFAULT '[]'
+    );
+    """,
+]
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+class BudgetExceeded(UserError):
+    """A charge would take a source past its privacy budget. The message says what is left."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path` (for writers that need a filename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@dataclass(frozen=True)
+class Charge:
+    source: str
+    at: str
+    epsilon: float
+    delta: float
+    mechanism: str
+    what: str
+    ref: str | None
+
+
+class Workspace:
+    """A synthehr workspace rooted at `root`. Creating one makes the folders and migrates the database."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for d in (self.models_dir, self.datasets_dir, self.chroma_dir, self.sources_dir):
+            d.mkdir(exist_ok=True)
+        self._migrate()
+
+    # ---- layout -------------------------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.root / "synthehr.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.root / "chroma"
+
+    @property
+    def sources_dir(self) -> Path:
+        return self.root / "sources"
+
+    def contains(self, path: Path | str) -> bool:
+        """True when `path` lies inside the workspace (after resolving links and '..')."""
+        try:
+            Path(path).expanduser().resolve().relative_to(self.root)
+            return True
+        except ValueError:
+            return False
+
+    # ---- database -----------------------------------------------------------------------------
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: concurrent writers queue instead of failing)."""
+        with self.connect() as conn:
+            for attempt in range(50):
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:  # pragma: no cover - timing dependent
+                    if "locked" not in str(exc) or attempt == 49:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.connect() as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"workspace {self.root} was written by a newer synthehr (schema {version} > {SCHEMA_VERSION})"
+                )
+            for i in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[i].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        with self.connect() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # ---- privacy ledger -----------------------------------------------------------------------
+    def spent(self, source: str) -> tuple[float, float]:
+        """Total (epsilon, delta) charged to `source` so far (basic sequential composition)."""
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM ledger WHERE source = ?", (source,)
+            ).fetchone()
+        return float(row[0]), float(row[1])
+
+    def check_budget(self, source: str, epsilon: float, delta: float, budget_epsilon: float, budget_delta: float) -> None:
+        """Raise BudgetExceeded if charging (epsilon, delta) would pass the source's budget."""
+        spent_eps, spent_delta = self.spent(source)
+        _check(source, epsilon, delta, spent_eps, spent_delta, budget_epsilon, budget_delta)
+
+    def charge(
+        self,
+        source: str,
+        epsilon: float,
+        delta: float,
+        mechanism: str,
+        what: str,
+        budget_epsilon: float,
+        budget_delta: float,
+        ref: str | None = None,
+    ) -> Charge:
+        """Record a privacy charge, atomically refusing it if the source's budget would be exceeded."""
+        if epsilon < 0 or delta < 0:
+            raise ValueError("a privacy charge cannot be negative")
+        at = now_iso()
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM ledger WHERE source = ?", (source,)
+            ).fetchone()
+            _check(source, epsilon, delta, float(row[0]), float(row[1]), budget_epsilon, budget_delta)
+            conn.execute(
+                "INSERT INTO ledger (source, at, epsilon, delta, mechanism, what, ref) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (source, at, float(epsilon), float(delta), mechanism, what, ref),
+            )
+        return Charge(source, at, float(epsilon), float(delta), mechanism, what, ref)
+
+    def charges(self, source: str | None = None) -> list[Charge]:
+        q = "SELECT source, at, epsilon, delta, mechanism, what, ref FROM ledger"
+        args: tuple[Any, ...] = ()
+        if source is not None:
+            q += " WHERE source = ?"
+            args = (source,)
+        with self.connect() as conn:
+            rows = conn.execute(q + " ORDER BY id", args).fetchall()
+        return [Charge(*tuple(r)) for r in rows]
+
+    # ---- records ------------------------------------------------------------------------------
+    def insert(self, table: str, record: dict[str, Any]) -> None:
+        """Insert one record (dict values are stored as JSON) in its own transaction."""
+        if table not in {"sources", "models", "runs", "datasets"}:
+            raise ValueError(f"unknown table {table}")
+        cols = list(record)
+        values = [json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for v in record.values()]
+        with self.transaction() as conn:
+            conn.execute(
+                f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", values
+            )
+
+    def update_run(self, run_id: str, status: str, result: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, result_json = ? WHERE id = ?",
+                (status, now_iso(), json.dumps(result, default=str), run_id),
+            )
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self.connect() as conn:
+            return [dict(r) for r in conn.execute(sql, args).fetchall()]
+
+    def get(self, table: str, key: str, value: Any) -> dict[str, Any] | None:
+        if table not in {"sources", "models", "runs", "datasets", "sessions"}:
+            raise ValueError(f"unknown table {table}")
+        rows = self.query(f"SELECT * FROM {table} WHERE {key} = ?", (value,))
+        return rows[0] if rows else None
+
+    def latest_dataset(self, session: str | None = None) -> dict[str, Any] | None:
+        if session:
+            rows = self.query("SELECT * FROM datasets WHERE session = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (session,))
+            if rows:
+                return rows[0]
+        rows = self.query("SELECT * FROM datasets ORDER BY created_at DESC, rowid DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    # ---- sessions -----------------------------------------------------------------------------
+    def load_session(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        row = self.get("sessions", "name", name)
+        if row is None:
+            return {}, []
+        return json.loads(row["state_json"]), json.loads(row["history_json"])
+
+    def save_session(self, name: str, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        ts = now_iso()
+        with self.transaction() as conn:
+            conn.execute(
+                """INSERT INTO sessions (name, created_at, updated_at, state_json, history_json)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT(name) DO UPDATE SET updated_at = excluded.updated_at,
+                       state_json = excluded.state_json, history_json = excluded.history_json""",
+                (name, ts, ts, json.dumps(state, default=str), json.dumps(history, default=str)),
+            )
+
+
+def _check(source: str, eps: float, delta: float, spent_eps: float, spent_delta: float, b_eps: float, b_delta: float) -> None:
+    left_eps, left_delta = max(b_eps - spent_eps, 0.0), max(b_delta - spent_delta, 0.0)
+    if eps > left_eps + 1e-12 or delta > left_delta + 1e-18:
+        raise BudgetExceeded(
+            f"privacy budget of '{source}' would be exceeded: asked epsilon={eps:g}, delta={delta:.3g}; "
+            f"spent epsilon={spent_eps:g} of {b_eps:g}, delta={spent_delta:.3g} of {b_delta:.3g}; "
+            f"left epsilon={left_eps:g}, delta={left_delta:.3g}. Reuse a trained model or ask for a smaller epsilon."
+        )
