@@ -651,9 +651,10 @@ def _safe_data(data: Any) -> Any:
 
 
 def _default_registry() -> "Registry":
-    from synthehr.tools.registry import default_registry
+    """Built-in tools plus third-party tools declared in the `synthehr.tools` entry-point group."""
+    from synthehr.agent.plugins import registry_with_plugins
 
-    return default_registry()
+    return registry_with_plugins()[0]
 
 
 def run_turn(
