@@ -266,10 +266,11 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
                              f"per request (privacy.max_epsilon_per_request)")
     seed = settings.generation.seed if args.seed is None else args.seed
     profile = resolve_profile(args.condition)
-    targets = population_targets(deps, profile, args.population)
-    source = pick_source(deps, profile, args.population if targets is not None else None, args.source)
+    population = population_name(deps, args.population)
+    source = pick_source(deps, profile, args.population if population is not None else None, args.source)
     schema = deps.catalog.get(source)
     plan = cohort_plan(profile, schema)
+    targets = population_targets(deps, profile, population)
     chosen, missing = map_observations(profile, schema, args.observations)
     filter_items = [f.model_dump() if isinstance(f, FilterSpec) else f for f in (args.filters or [])]
     filters = parse_filters(filter_items, schema)  # validates now (ToolInputError)
@@ -442,20 +443,26 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
             "delta": model.delta, "accountant": model.accountant}
 
 
-def population_targets(deps: Deps, profile: Any, population: str | None) -> Any | None:
-    """Public population targets for the request (None: the cohort mirrors the source sample).
+def population_name(deps: Deps, population: str | None) -> str | None:
+    """The population with public figures that the request names (None: the cohort mirrors the source sample).
 
     A population without figures in the knowledge base is a ToolInputError that lists the populations with
     figures and the registered sources, never a silent fall-back to the source sample.
     """
-    from synthehr.tools.engines.population import load_targets, resolve_population
+    from synthehr.tools.engines.population import resolve_population
 
     try:
-        name = resolve_population(population)
-        return None if name is None else load_targets(name, profile.id)
+        return resolve_population(population)
     except ToolInputError as exc:
         listing = "; ".join(f"{n} ({deps.catalog.get(n).meta.population})" for n in deps.catalog.names())
         raise ToolInputError(f"{exc}; registered sources: {listing}") from None
+
+
+def population_targets(deps: Deps, profile: Any, population: str | None) -> Any | None:
+    """Target shares for people with the profile's condition in `population` (ToolInputError when none)."""
+    from synthehr.tools.engines.population import load_targets
+
+    return None if population is None else load_targets(population, profile.id)
 
 
 def _population_card(report: dict[str, Any] | None) -> dict[str, Any]:
