@@ -352,3 +352,16 @@ def test_headline_on_the_real_nhanes_model(tmp_path, monkeypatch):
     # Without the population the cohort mirrors NHANES' oversampled make-up, far from the US targets.
     assert before["race_ethnicity"]["nh_white"] < t.marginals["race_ethnicity"]["nh_white"] - 0.1
     assert json.loads(Path(res.data["files"]["card_json"]).read_text())["population"]["applied"] is True
+
+
+def test_a_population_that_names_a_source_mirrors_it(tmp_path):
+    from synthehr.configs.settings import load_settings
+    from synthehr.tools.deps import build_deps
+    from synthehr.tools.generate_cohort import population_name
+
+    deps = build_deps(settings=load_settings(env={"SYNTHEHR_HOME": str(tmp_path / "ws")}))
+    assert population_name(deps, "NHANES") == (None, True)
+    assert population_name(deps, "US adults") == ("US", False)
+    assert population_name(deps, None) == (None, False)
+    with pytest.raises(ToolInputError, match=r"'Brazilian'.*nhanes-2017-2018"):
+        population_name(deps, "Brazilian")

@@ -266,8 +266,9 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
                              f"per request (privacy.max_epsilon_per_request)")
     seed = settings.generation.seed if args.seed is None else args.seed
     profile = resolve_profile(args.condition)
-    population = population_name(deps, args.population)
-    source = pick_source(deps, profile, args.population if population is not None else None, args.source)
+    population, names_source = population_name(deps, args.population)
+    source = pick_source(deps, profile, args.population if population is not None or names_source else None,
+                         args.source)
     schema = deps.catalog.get(source)
     plan = cohort_plan(profile, schema)
     targets = population_targets(deps, profile, population)
@@ -443,17 +444,23 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
             "delta": model.delta, "accountant": model.accountant}
 
 
-def population_name(deps: Deps, population: str | None) -> str | None:
-    """The population with public figures that the request names (None: the cohort mirrors the source sample).
+def population_name(deps: Deps, population: str | None) -> tuple[str | None, bool]:
+    """(the population with public figures that the request names or None, whether it names a source instead).
 
-    A population without figures in the knowledge base is a ToolInputError that lists the populations with
-    figures and the registered sources, never a silent fall-back to the source sample.
+    None means the cohort mirrors the source sample: no population named, "the source sample", or a
+    registered source ("NHANES"), which the card then says. Any other population without figures in the
+    knowledge base is a ToolInputError listing the populations with figures and the registered sources,
+    never a silent fall-back to the source sample.
     """
     from synthehr.tools.engines.population import resolve_population
 
     try:
-        return resolve_population(population)
+        return resolve_population(population), False
     except ToolInputError as exc:
+        p = _norm(population or "")
+        for n in deps.catalog.names():
+            if p and f" {p} " in f" {_norm(n + ' ' + deps.catalog.get(n).meta.title)} ":
+                return None, True
         listing = "; ".join(f"{n} ({deps.catalog.get(n).meta.population})" for n in deps.catalog.names())
         raise ToolInputError(f"{exc}; registered sources: {listing}") from None
 
