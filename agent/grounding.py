@@ -99,6 +99,7 @@ _US = re.compile(r"\bU\.?S\.?A?\b|\bu\.s\.(?:a\.)?|(?i:\bus\s+(?:population|adul
 # Any other named population ("based on the Brazilian population"): passed on so the tool can say which
 # populations it has figures for, instead of the request silently mirroring the source sample.
 _NAMED_POPULATION = re.compile(r"\b(?:based on|from|representative of|matching|reflecting|like)\s+(?:the\s+)?"
+                               r"(?!(?:Hispanic|Latino|Latina|Black|White|Asian|Mexican|Native|Older|Elderly|Young|Diabetic)\b)"
                                r"([A-Z][a-z]+(?:\s[A-Z][a-z]+)?)\s+(?:general\s+)?(?:population|adults|people|patients)\b")
 _FEMALE = re.compile(r"\b(?:women|woman|female|females|ladies|girls)\b", re.I)
 _MALE = re.compile(r"\b(?:men|man|male|males|gentlemen|boys)\b", re.I)

@@ -254,6 +254,7 @@ def test_grounding_passes_named_populations_on():
     assert extract_facts("give us 500 type 2 diabetes patients").population is None
     assert extract_facts("500 type 2 diabetes patients from NHANES").population is None
     assert extract_facts("300 American adults with hypertension").population == "US"
+    assert extract_facts("500 type 2 diabetes patients like Hispanic patients").population is None  # a group, not a population
 
 
 # ---- retrieval on the real index --------------------------------------------------------------------

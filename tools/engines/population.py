@@ -749,9 +749,10 @@ def render_condition_document(pop: dict, prev: dict) -> str:
                   *share_table(x)]
     lines += ["", "## Checks and assumptions", "",
               "A check of the arithmetic: weighting each group's rate by its share of adults should give back the "
-              "published rate for all adults, dimension by dimension; a gap of a few tenths of a point comes from "
-              "rounding in the published tables and from groups whose rate had to be stood in for. The checks, "
-              "the assumptions and the notes that go with the table:", ""]
+              "published rate for all adults, dimension by dimension. A gap of a few tenths of a point comes from "
+              "rounding in the published tables and from groups whose rate had to be stood in for; a larger gap "
+              "means the published overall rate is age-adjusted while the group rates are crude, or the reverse. "
+              "The checks, the assumptions and the notes that go with the table:", ""]
     lines += ["Checks: the population-weighted prevalence is " +
               ", ".join(f"{v:.2f}% by {k.removeprefix('implied_overall_prevalence_by_').replace('_', ' ')}"
                         for k, v in t.checks.items() if k.startswith("implied")) +
