@@ -344,6 +344,7 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
     deps.session.last_model = model_id
     deps.session.last_cohort = {"condition": profile.id, "source": source, "fixed": plan["fixed"],
                                 "filters": [f.text() for f in filters], "proportions": args.proportions, "n": n,
+                                "population": population,
                                 "dataset_id": dataset_id}
     miss_txt = ""
     real_missing = [m for m in missing if m["name"] != "(more)"]
