@@ -92,7 +92,15 @@ _EPS = re.compile(r"(?:epsilon|ε|eps|privacy budget|privacy loss|privacy level)
                   r"(\d+(?:\.\d+)?|\.\d+)", re.I)
 _SEED = re.compile(r"\bseed\s*(?:of|=|:|is)?\s*(\d+)", re.I)
 _DATASET_ID = re.compile(r"\b(?:ds|dataset|data)-\d{8}-\d{6}-[0-9a-f]{6}\b|\b[a-z][a-z0-9]*-\d{8}-\d{6}-[0-9a-f]{6}\b", re.I)
-_US = re.compile(r"\b(?:u\.?s\.?a?\.?|united states|america|american|americans|nhanes)\b", re.I)
+# "US", "U.S.", "USA", "us adults", "American ...": a population with public targets (issue 15). Not the
+# pronoun "us" ("give us 500 patients"), and not "NHANES" (a source: its cohorts mirror the sample).
+_US = re.compile(r"\bU\.?S\.?A?\b|\bu\.s\.(?:a\.)?|(?i:\bus\s+(?:population|adults?|patients|people|residents)\b)"
+                 r"|(?i:\b(?:united states|america|american|americans)\b)")
+# Any other named population ("based on the Brazilian population"): passed on so the tool can say which
+# populations it has figures for, instead of the request silently mirroring the source sample.
+_NAMED_POPULATION = re.compile(r"\b(?:based on|from|representative of|matching|reflecting|like)\s+(?:the\s+)?"
+                               r"(?!(?:Hispanic|Latino|Latina|Black|White|Asian|Mexican|Native|Older|Elderly|Young|Diabetic)\b)"
+                               r"([A-Z][a-z]+(?:\s[A-Z][a-z]+)?)\s+(?:general\s+)?(?:population|adults|people|patients)\b")
 _FEMALE = re.compile(r"\b(?:women|woman|female|females|ladies|girls)\b", re.I)
 _MALE = re.compile(r"\b(?:men|man|male|males|gentlemen|boys)\b", re.I)
 _OLDER = re.compile(r"\b(?:older|elderly|seniors?|aged? (?:population|people)|geriatric)\b", re.I)
@@ -262,6 +270,8 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
         facts.dataset = m.group(0)
     if _US.search(t):
         facts.population = "US"
+    elif (m := _NAMED_POPULATION.search(t)) is not None:
+        facts.population = m.group(1)
     # Condition: the profile named in the user's words.
     if profiles is None:
         profiles = _profiles()

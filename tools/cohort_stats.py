@@ -19,6 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthehr.tools.engines import stats as se
+from synthehr.tools.engines.population import representativeness
 from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
 from synthehr.tools.store.datasets import dataset_card, resolve_dataset
 from synthehr.tools.deps import Deps
@@ -396,6 +397,8 @@ def cohort_stats(deps: Deps, args: CohortStatsArgs) -> ToolResult:
         "columns": stats,
         "thresholds": shares,
         "missing": missing,
+        # What these numbers stand for: population targets applied or not; weighted means where weights exist.
+        "representativeness": representativeness(ds.frame, ds.card, columns),
     }
     if by:
         groups = se.group_by(frame, by, kinds={c: kinds[c] for c in columns if c not in by}, categories=cats, thresholds=thresholds)

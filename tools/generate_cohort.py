@@ -51,7 +51,10 @@ class GenerateCohortArgs(BaseModel):
     observations: int | list[str] | None = Field(
         default=None, description="How many of the condition's most important observations to include (e.g. 20), "
                                   "or a list of observation names (e.g. ['hba1c', 'bmi']).")
-    population: str | None = Field(default=None, description="Population the data should come from, e.g. 'US'.")
+    population: str | None = Field(
+        default=None, description="Population whose make-up the cohort should match, e.g. 'US' (age, sex and "
+                                  "race/ethnicity follow public US figures for people with the condition); leave "
+                                  "out to mirror the source sample.")
     filters: list[str | FilterSpec] | None = Field(
         default=None, description="Extra cohort filters, e.g. ['age_years>=65', 'hba1c_pct>=9'].")
     proportions: dict[str, float] | list[str] | None = Field(
@@ -263,13 +266,20 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
                              f"per request (privacy.max_epsilon_per_request)")
     seed = settings.generation.seed if args.seed is None else args.seed
     profile = resolve_profile(args.condition)
-    source = pick_source(deps, profile, args.population, args.source)
+    population, names_source = population_name(deps, args.population)
+    source = pick_source(deps, profile, args.population if population is not None or names_source else None,
+                         args.source)
     schema = deps.catalog.get(source)
     plan = cohort_plan(profile, schema)
+    targets = population_targets(deps, profile, population)
     chosen, missing = map_observations(profile, schema, args.observations)
     filter_items = [f.model_dump() if isinstance(f, FilterSpec) else f for f in (args.filters or [])]
     filters = parse_filters(filter_items, schema)  # validates now (ToolInputError)
     strata = parse_proportions(args.proportions, schema)
+    if targets is not None:  # the source can express the cells and the request can meet them: check before training
+        from synthehr.tools.engines.population import plan_cells
+
+        plan_cells(targets, schema, n, filters=filter_items, proportions=args.proportions)
     cols = schema.column_map()
     conditions = [c for c in ([plan["cohort_column"]] if plan["cohort_column"] else [])]
     # Binary columns of the cohort definition (e.g. diabetes_diagnosed) are conditioned on too: their
@@ -297,8 +307,16 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
     deps.workspace.insert("runs", {"id": run_id, "kind": "generate", "started_at": now_iso(), "status": "running",
                                    "session": deps.session.name, "params_json": params})
     try:
-        frame = model.sample(n, seed=seed, fixed=plan["fixed"], filters=filter_items, proportions=args.proportions,
-                             where=plan["where"])
+        pop_report = None
+        if targets is not None:
+            from synthehr.tools.engines.population import sample_to_targets
+
+            frame, pop_report = sample_to_targets(model, targets, n, seed=seed, fixed=plan["fixed"],
+                                                  filters=filter_items, proportions=args.proportions,
+                                                  where=plan["where"])
+        else:
+            frame = model.sample(n, seed=seed, fixed=plan["fixed"], filters=filter_items,
+                                 proportions=args.proportions, where=plan["where"])
         mask = plan["where"](frame)
         for f in filters:
             mask &= f.mask(frame)
@@ -312,7 +330,7 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
                 keep.append(c)
         frame = frame[keep]
         info = write_dataset(deps, dataset_id, run_id, model_id, model, profile, schema, source, frame, seed,
-                             plan, filters, args.proportions, chosen, missing)
+                             plan, filters, args.proportions, chosen, missing, population=pop_report)
     except BaseException as exc:
         deps.workspace.update_run(run_id, "failed", {"error": type(exc).__name__,
                                                      **({"message": str(exc)} if isinstance(exc, ToolInputError) else {})})
@@ -320,12 +338,13 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
     stats = key_stats(frame)
     seconds = time.perf_counter() - t0
     result = {**info, "stats": stats, "trained_new_model": trained, "seconds": round(seconds, 1),
-              "observations": chosen, "missing_observations": missing}
+              "observations": chosen, "missing_observations": missing, "population": info["card"]["population"]}
     deps.workspace.update_run(run_id, "ok", {k: v for k, v in result.items() if k != "card"})
     deps.session.last_dataset = dataset_id
     deps.session.last_model = model_id
     deps.session.last_cohort = {"condition": profile.id, "source": source, "fixed": plan["fixed"],
                                 "filters": [f.text() for f in filters], "proportions": args.proportions, "n": n,
+                                "population": population,
                                 "dataset_id": dataset_id}
     miss_txt = ""
     real_missing = [m for m in missing if m["name"] != "(more)"]
@@ -340,7 +359,7 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
             f"Cohort: {profile.cohort.description.strip()} Source: {schema.meta.title} ({source}). "
             f"Privacy: epsilon {model.epsilon:.3g} (target {model.target_epsilon:g}), delta {model.delta:.2g}, "
             f"{model.accountant} accountant, model {model_id}{' (newly trained)' if trained else ' (reused)'}. "
-            f"Key stats: {format_stats(stats)}.{miss_txt}")
+            f"Key stats: {format_stats(stats)}.{miss_txt}{_population_sentence(pop_report)}")
     files = [info["files"][k] for k in ("csv", "parquet", "card_json", "card_md")]
     return ToolResult(text=text, data=result, files=files)
 
@@ -367,7 +386,8 @@ def format_stats(stats: dict[str, float]) -> str:
 
 def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model: Any, profile: Any,
                   schema: SourceSchema, source: str, frame: pd.DataFrame, seed: int, plan: dict, filters: list,
-                  proportions: Any, chosen: list[dict], missing: list[dict]) -> dict[str, Any]:
+                  proportions: Any, chosen: list[dict], missing: list[dict],
+                  population: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the four files into a temporary folder, then rename it into place (all or nothing)."""
     from synthehr.tools.engines.dpgan.model import library_versions
 
@@ -390,6 +410,7 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
                           "guideline": profile.guideline, "cohort_description": profile.cohort.description.strip(),
                           "rules": plan["rules"]},
             "cohort": {"fixed": plan["fixed"], "filters": [f.text() for f in filters], "proportions": proportions},
+            "population": _population_card(population),
             "model": {"id": model_id, "epsilon": model.epsilon, "delta": model.delta, "accountant": model.accountant,
                       "target_epsilon": model.target_epsilon, "seed": model.seed,
                       "epochs": model.hyperparameters.get("epochs"), "conditions": model.conditions,
@@ -422,6 +443,54 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
     return {"dataset_id": dataset_id, "dir": str(final), "files": files, "n_rows": len(frame), "card": card,
             "source": source, "condition": profile.id, "model_id": model_id, "epsilon": model.epsilon,
             "delta": model.delta, "accountant": model.accountant}
+
+
+def population_name(deps: Deps, population: str | None) -> tuple[str | None, bool]:
+    """(the population with public figures that the request names or None, whether it names a source instead).
+
+    None means the cohort mirrors the source sample: no population named, "the source sample", or a
+    registered source ("NHANES"), which the card then says. Any other population without figures in the
+    knowledge base is a ToolInputError listing the populations with figures and the registered sources,
+    never a silent fall-back to the source sample.
+    """
+    from synthehr.tools.engines.population import resolve_population
+
+    try:
+        return resolve_population(population), False
+    except ToolInputError as exc:
+        p = _norm(population or "")
+        for n in deps.catalog.names():
+            if p and f" {p} " in f" {_norm(n + ' ' + deps.catalog.get(n).meta.title)} ":
+                return None, True
+        listing = "; ".join(f"{n} ({deps.catalog.get(n).meta.population})" for n in deps.catalog.names())
+        raise ToolInputError(f"{exc}; registered sources: {listing}") from None
+
+
+def population_targets(deps: Deps, profile: Any, population: str | None) -> Any | None:
+    """Target shares for people with the profile's condition in `population` (ToolInputError when none)."""
+    from synthehr.tools.engines.population import load_targets
+
+    return None if population is None else load_targets(population, profile.id)
+
+
+def _population_card(report: dict[str, Any] | None) -> dict[str, Any]:
+    from synthehr.tools.engines.population import SOURCE_SAMPLE_NOTE
+
+    if report is None:
+        return {"applied": False, "note": SOURCE_SAMPLE_NOTE}
+    return {"applied": True, **report}
+
+
+def _population_markdown(card: dict[str, Any] | None) -> list[str]:
+    from synthehr.tools.engines.population import report_markdown
+
+    return report_markdown(card if card and card.get("applied") else None)
+
+
+def _population_sentence(report: dict[str, Any] | None) -> str:
+    from synthehr.tools.engines.population import report_sentence
+
+    return report_sentence(report)
 
 
 def _index_lineage(deps: Deps, dataset_id: str) -> None:
@@ -478,6 +547,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     if card["missing_observations"]:
         lines += ["", "## Requested but not available (not generated)"]
         lines += [f"- {o['label']}: {o['reason']}" for o in card["missing_observations"]]
+    lines += ["", *_population_markdown(card.get("population"))]
     lines += ["", "## Files", f"- {card['files']['csv']}", f"- {card['files']['parquet']}", "",
               f"Guidelines: {', '.join(card['guidelines'])}. Software: " +
               ", ".join(f"{k} {v}" for k, v in card["software"].items()) + ".",

@@ -301,9 +301,23 @@ def lineage_chunks(card: dict[str, Any], titles: dict[str, str] | None = None) -
     files = card.get("files") or {}
     if files:
         columns_text += f" Files: {', '.join(str(v) for v in files.values())}."
+    sections = [("Sources and guidelines", sources_text), ("Model and privacy", privacy_text),
+                ("Columns and missing observations", columns_text)]
+    pop = card.get("population") or {}
+    if pop:  # issue 15: whether the make-up follows public population figures, and which
+        if pop.get("applied"):
+            shares = "; ".join(f"{str(r.get('label', '')).split(' (')[0]} {r.get('achieved_pct')}% "
+                               f"(target {r.get('target_pct')}%)" for r in pop.get("shares") or [])
+            pop_text = (f"How this data set was made to match the {pop.get('population')} population: "
+                        f"{pop.get('method')}. Tables: {', '.join(t.get('id', '') for t in pop.get('tables') or [])}; "
+                        f"documents: {', '.join(pop.get('documents') or [])}; sources: "
+                        f"{'; '.join(' '.join(str(v.get('citation', '')).split())[:90] for v in (pop.get('sources') or {}).values())}. "
+                        f"Achieved vs target shares: {shares}.")
+        else:
+            pop_text = f"Population make-up: {pop.get('note') or 'as in the source sample'}"
+        sections.append(("Population", pop_text))
     out = []
-    for sec, text in (("Sources and guidelines", sources_text), ("Model and privacy", privacy_text),
-                      ("Columns and missing observations", columns_text)):
+    for sec, text in sections:
         text = text[: MAX_CHUNK_CHARS * 2]
         out.append(Chunk(f"{doc_id}#{_slug(sec)}", doc_id, title, sec, url, LINEAGE_KIND, year, f"{title} — {sec}\n{text}", extra))
     return out
