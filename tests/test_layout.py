@@ -4,6 +4,7 @@ and every subpackage listed for the wheel."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import tomllib
@@ -124,6 +125,7 @@ def test_every_folder_says_what_lives_there() -> None:
 def test_only_synthehr_is_importable_from_elsewhere(tmp_path: Path) -> None:
     code = ("import importlib.util, synthehr, synthehr.agent.cli.main\n"
             "print([n for n in ('agent', 'tools', 'knowledge', 'configs') if importlib.util.find_spec(n)])")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as an installed user would run it
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
