@@ -783,10 +783,6 @@ URL_IN_HTML_RE = re.compile(r"(?<![\"'=>])https?://[^\s<>\"']+[^\s<>\"'.,;:)]")
 
 
 # ---- request bodies --------------------------------------------------------------------------------
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes is answered 413, whether announced (Content-Length)
     or streamed (counted as it arrives, so a chunked body is never read into memory past the limit)."""
@@ -809,28 +805,34 @@ class BodyLimit:
                     await self._refuse(send)
                     return
         seen = 0
-        started = False
+        exceeded = False
+        refused = False
 
         async def counted() -> Any:
-            nonlocal seen
+            # Past the limit the body ends there (nothing more is read); the app's response is replaced by a 413.
+            nonlocal seen, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg.get("type") == "http.request":
                 seen += len(msg.get("body") or b"")
                 if seen > self.limit:
-                    raise BodyTooLarge()
+                    exceeded = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return msg
 
-        async def tracked_send(msg: Any) -> None:
-            nonlocal started
-            if msg.get("type") == "http.response.start":
-                started = True
+        async def guarded_send(msg: Any) -> None:
+            nonlocal refused
+            if exceeded:
+                if not refused:
+                    refused = True
+                    await self._refuse(send)
+                return
             await send(msg)
 
-        try:
-            await self.app(scope, counted, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+        await self.app(scope, counted, guarded_send)
+        if exceeded and not refused:
+            await self._refuse(send)
 
     async def _refuse(self, send: Any) -> None:
         body = json.dumps({"error": f"request body too large (limit {self.limit} bytes; server.max_body_bytes)"}).encode()
