@@ -288,9 +288,7 @@ def dataset_summary(row: dict[str, Any], workspace_root: Path) -> dict[str, Any]
     labels = {str(c.get("name")): str(c.get("label") or c.get("name")) for c in (card.get("columns") or [])
               if isinstance(c, dict) and c.get("name")}
     filters = [human_filter(str(f), labels) for f in (cohort.get("filters") or [])]
-    fixed = cohort.get("fixed") or {}
-    if isinstance(fixed, dict):
-        filters = [f"{labels.get(str(k), str(k))} = {v}" for k, v in fixed.items()] + filters
+    # (the cohort's fixed values are the condition's own definition, already in the title: not repeated)
     shares = []
     for k, v in (cohort.get("proportions") or {}).items() if isinstance(cohort.get("proportions"), dict) else []:
         try:
