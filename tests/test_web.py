@@ -563,10 +563,12 @@ def test_progress_is_in_words_with_a_time_estimate_and_no_losses() -> None:
     p.finish()
     assert all("loss" not in json.dumps(e) for e in got)
     assert got[0]["label"] == "Learning the patterns of the real records under differential privacy"
-    run = [e for e in got if e["state"] == "run"]
+    run = [e for e in got if e.get("state") == "run"]
     assert run[-1]["detail"] == "pass over the records 4 of 10"
     assert run[-1]["eta_s"] is not None and run[-1]["eta"]
-    assert got[-1]["state"] == "finish" and got[-1]["detail"] == "done" and got[-1]["done"] == 10
+    fin = [e for e in got if e.get("state") == "finish"][-1]
+    assert fin["detail"] == "done" and fin["done"] == 10
+    assert got[-1] == {"type": "status", "text": got[-1]["text"]} and "sampling the synthetic patients" in got[-1]["text"]
     from synthehr.agent.web.app import eta_words
 
     assert eta_words(None) == "" and eta_words(2) == "almost done"
@@ -699,3 +701,17 @@ def test_streamed_answer_chunks_are_forwarded(settings: Settings) -> None:
     events = _events(_client(settings, run_turn=streaming).post("/api/chat", json={"session": "web-d", "text": "mean?"}))
     assert "".join(e["text"] for e in events if e["type"] == "delta") == "The mean HbA1c is 6.8 %."
     assert [e for e in events if e["type"] == "answer"][0]["text"] == "The mean HbA1c is 6.8 %."
+
+
+def test_provenance_sources_name_the_data_sets_own_source(ws: Workspace) -> None:
+    """Retrieval may return guideline passages only; the source the data set was trained on is still listed."""
+    from synthehr.agent.web.app import turn_artifacts
+
+    _make_dataset(ws)
+    steps = [{"tool": "explain_provenance", "args": {"dataset": "last"}, "observation": "[1] ADA ...", "files": [],
+              "data": {"dataset_id": "ds-test-1", "citations": [
+                  {"title": "ADA Standards of Care", "section": "Diagnosis", "url": "https://diabetesjournals.org/care"}]}}]
+    cites = turn_artifacts(ws, steps, "", [])["citations"]
+    assert cites[0] == {"url": "https://diabetesjournals.org/care", "title": "ADA Standards of Care — Diagnosis"}
+    assert cites[1]["url"] == "https://wwwn.cdc.gov/nchs/nhanes/" and cites[1]["title"].startswith("NHANES 2017-2018")
+    assert len(cites) == 2

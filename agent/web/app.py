@@ -159,6 +159,12 @@ TASK_WORDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What happens after a long task, so the page does not sit on "done" with nothing said.
+AFTER_TASK = {
+    "training dp-gan": "Training finished; checking quality, then sampling the synthetic patients and writing the files…",
+}
+
+
 def task_words(task: str | None) -> tuple[str, str]:
     key = (task or "").strip().lower()
     if key in TASK_WORDS:
@@ -237,6 +243,9 @@ class WebProgress:
             if self._total:
                 self._done = self._total
             self._emit(self._event("finish"))
+            after = AFTER_TASK.get(self._task.strip().lower())
+            if after:
+                self._emit({"type": "status", "text": after})
         self._task = None
 
 
@@ -379,6 +388,16 @@ def turn_artifacts(workspace: Any, steps: list[Any], answer: str, files: list[st
                     cite(c.get("url"), title)
                 elif isinstance(c, str):
                     cite(c if c.startswith("http") else None, c)
+            if _get(step, "tool") == "explain_provenance" and isinstance(data.get("dataset_id"), str):
+                # The data set explained was made from a source: name it (title and link, from its card).
+                row = workspace.get("datasets", "id", data["dataset_id"])
+                try:
+                    src = (json.loads((row or {}).get("card_json") or "{}").get("source") or {})
+                except ValueError:
+                    src = {}
+                if src.get("title") or src.get("url"):
+                    cite(src.get("url"), f"{src.get('title') or src.get('name')} — the source data set {data['dataset_id']} "
+                                         "was trained on")
         for url in URL_RE.findall(str(_get(step, "observation") or "")):
             cite(url)
     for url in URL_RE.findall(answer or ""):

@@ -289,7 +289,7 @@ class TurnView {
         const block = idx >= 0 ? this.open.splice(idx, 1)[0] : this.stepBlock(ev.tool, ev.args, "running");
         this.setResult(block, ev.text, ev.kind === "error");
         for (const p of Object.values(this.progress)) this.endProgress(p); // a finished step ends its progress bars
-        this.statusText.textContent = "Writing the answer…";
+        this.statusText.textContent = this.open.length ? `${toolWords(this.open[this.open.length - 1].dataset.tool)}…` : "Writing the answer…";
       }
     }
   }
