@@ -509,7 +509,7 @@ def test_stop_button_cancels_a_running_training_and_keeps_its_charge(settings: S
     t.join()
     assert answers[0].status_code == 200 and answers[0].json() == {"cancelled": True, "tool_started": True}
     (done,) = [e for e in events if e["type"] == "cancelled"]
-    assert done["tool_started"] is True and "stays on the ledger" in done["text"]
+    assert done["tool_started"] is True and done["training_started"] is True and "stays on the ledger" in done["text"]
     assert not [e for e in events if e["type"] in ("answer", "error")]
     assert [ch.ref for ch in ws.charges()] == ["m-1"]  # the charge made before training is kept
     assert app.state.web.turns == {}
@@ -517,6 +517,7 @@ def test_stop_button_cancels_a_running_training_and_keeps_its_charge(settings: S
     assert c.post("/api/turns/nope/cancel", json={}).status_code == 404
     prog = [e for e in events if e["type"] == "progress"]
     assert prog and all("loss" not in json.dumps(e) for e in prog)
+    assert prog[-1]["state"] == "stopped" and prog[-1]["detail"] == "stopped"  # not "done"
 
 
 def test_abandoned_request_is_cancelled_before_it_charges(settings: Settings, ws: Workspace) -> None:

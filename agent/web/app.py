@@ -159,6 +159,7 @@ TASK_WORDS: dict[str, tuple[str, str]] = {
 }
 
 
+TRAINING_TASKS = {"training dp-gan"}
 # What happens after a long task, so the page does not sit on "done" with nothing said.
 AFTER_TASK = {
     "training dp-gan": "Training finished; checking quality, then sampling the synthetic patients and writing the files…",
@@ -192,10 +193,11 @@ class WebProgress:
     """
 
     def __init__(self, emit: Callable[[dict[str, Any]], None], min_interval: float = 0.2,
-                 check: Callable[[], None] | None = None):
+                 check: Callable[[], None] | None = None, control: "TurnControl | None" = None):
         self._emit = emit
         self._min = min_interval
-        self._check = check or (lambda: None)
+        self._control = control
+        self._check = check or (control.check if control is not None else (lambda: None))
         self._task: str | None = None
         self._total: int | None = None
         self._done = 0
@@ -216,6 +218,8 @@ class WebProgress:
             eta = (time.monotonic() - self._t0) / self._done * max(0, self._total - self._done)
         if state == "finish":
             detail = "done"
+        elif state == "stopped":
+            detail = "stopped"
         elif self._total:
             detail = f"{unit} {min(self._done, self._total)} of {self._total}"
         else:
@@ -225,6 +229,8 @@ class WebProgress:
                 "state": state}
 
     def start(self, task: str, total: int | None = None) -> None:
+        if self._control is not None and task.strip().lower() in TRAINING_TASKS:
+            self._control.training_started = True  # before the check: the charge was made before training starts
         self._check()
         self._task, self._total, self._done, self._last, self._t0 = task, total, 0, 0.0, time.monotonic()
         self._emit(self._event("start"))
@@ -240,12 +246,15 @@ class WebProgress:
 
     def finish(self) -> None:
         if self._task is not None:
-            if self._total:
-                self._done = self._total
-            self._emit(self._event("finish"))
-            after = AFTER_TASK.get(self._task.strip().lower())
-            if after:
-                self._emit({"type": "status", "text": after})
+            if self._control is not None and self._control.cancelled.is_set():
+                self._emit(self._event("stopped"))  # ended by Stop (or the page going away), not completed
+            else:
+                if self._total:
+                    self._done = self._total
+                self._emit(self._event("finish"))
+                after = AFTER_TASK.get(self._task.strip().lower())
+                if after:
+                    self._emit({"type": "status", "text": after})
         self._task = None
 
 
@@ -563,7 +572,9 @@ class TurnControl:
         self.session = session
         self.cancelled = threading.Event()
         self.reason = ""
-        self.tool_started = False  # a tool ran: stopping now cannot undo what it charged
+        self.tool_started = False  # a tool ran in this turn
+        self.running_tool: str | None = None  # the tool running now (None between steps)
+        self.training_started = False  # a generator training started in the running tool (its charge is made)
 
     def cancel(self, reason: str) -> None:
         if not self.cancelled.is_set():
@@ -1117,12 +1128,18 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (ToolInputError, ConfigError, BudgetExceeded)
 
 
-CANCELLED_TEXT = {
-    False: "Stopped before any tool ran: nothing was generated and no privacy budget was spent.",
-    True: ("Stopped. A tool had already started: if it was training a generator, its privacy charge stays on the "
-           "ledger (the full budget is charged before any real record is read, so stopping cannot refund it); "
-           "no data set was written by the stopped step."),
-}
+def cancelled_text(ctl: TurnControl) -> str:
+    """What a stop did, plainly: above all whether privacy budget was spent and stays spent."""
+    if not ctl.tool_started:
+        return "Stopped before any tool ran: nothing was generated and no privacy budget was spent."
+    if ctl.running_tool is not None and ctl.training_started:
+        return ("Stopped during the training of a generator. Its privacy charge stays on the ledger: the full budget "
+                "is charged before any real record is read, so stopping cannot refund it. The training was discarded "
+                "and no data set was written.")
+    if ctl.running_tool is not None:
+        return ("Stopped before the running step trained anything, so it spent no privacy budget. "
+                "Steps that had finished before are shown above and kept.")
+    return "Stopped. The steps that had finished are shown above and kept; nothing further was started."
 
 
 async def _turn_stream(state: WebState, ctl: TurnControl, text: str, request: Any = None) -> Any:
@@ -1154,6 +1171,10 @@ async def _turn_stream(state: WebState, ctl: TurnControl, text: str, request: An
             pending_thought[:] = [str(_get(ev, "text") or "")]
         if kind == "action":
             ctl.tool_started = True
+            ctl.running_tool = str(_get(ev, "tool") or "") or None
+            ctl.training_started = False
+        elif kind in ("observation", "error"):
+            ctl.running_tool = None
         emit({"type": "step", "kind": kind, "tool": _get(ev, "tool"), "args": _json_safe(_get(ev, "args")),
               "text": str(_get(ev, "text") or "").replace(root_prefix, "")[:MAX_OBSERVATION_CHARS],
               "files": [str(f) for f in (_get(ev, "files") or [])]})
@@ -1167,7 +1188,7 @@ async def _turn_stream(state: WebState, ctl: TurnControl, text: str, request: An
                     ctl.check()
             locked = True
             ctl.check()
-            progress = WebProgress(emit, check=ctl.check)
+            progress = WebProgress(emit, control=ctl)
             deps = state.deps(session, progress)
             if state._llm is None:
                 emit({"type": "status", "text": "Loading the language model (once per server start)…"})
@@ -1191,7 +1212,8 @@ async def _turn_stream(state: WebState, ctl: TurnControl, text: str, request: An
             emit({"type": "answer", "text": link_files(answer, root), "files": files, "steps": page_steps, **arts})
         except TurnCancelled as exc:
             log.info("turn %s in session %s stopped: %s", ctl.id, session, exc)
-            emit({"type": "cancelled", "text": CANCELLED_TEXT[ctl.tool_started], "tool_started": ctl.tool_started})
+            emit({"type": "cancelled", "text": cancelled_text(ctl), "tool_started": ctl.tool_started,
+                  "training_started": ctl.running_tool is not None and ctl.training_started})
         except _user_error_types() as exc:
             emit({"type": "error", "text": str(exc)})
         except Exception as exc:  # a bug: log it on the server; the page gets no internals (no data rows)

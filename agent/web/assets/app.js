@@ -248,11 +248,11 @@ class TurnView {
     return block;
   }
 
-  setResult(block, text, failed) {
-    block._body.append(el("h4", { text: failed ? "Error" : "Result" }), el("pre", { class: "observation", text: text || "" }));
+  setResult(block, text, failed, stopped = false) {
+    block._body.append(el("h4", { text: stopped ? "Stopped" : failed ? "Error" : "Result" }), el("pre", { class: "observation", text: text || "" }));
     block.classList.remove("running");
-    block.classList.add(failed ? "failed" : "done");
-    block._state.textContent = failed ? "error" : "done";
+    block.classList.add(stopped ? "stopped" : failed ? "failed" : "done");
+    block._state.textContent = stopped ? "stopped" : failed ? "error" : "done";
   }
 
   staticStep(s) {
@@ -308,11 +308,13 @@ class TurnView {
     if (ev.total) { p.bar.max = ev.total; p.bar.value = Math.min(ev.done, ev.total); } else { p.bar.removeAttribute("value"); }
     p.info.textContent = [ev.detail, ev.eta].filter(Boolean).join(" · ");
     if (ev.state === "finish") this.endProgress(p);
+    if (ev.state === "stopped") this.endProgress(p, true);
   }
 
-  endProgress(p) {
+  endProgress(p, stopped = false) {
     if (p.box.classList.contains("finished")) return;
     p.box.classList.add("finished");
+    if (stopped) { p.box.classList.add("stopped"); p.info.textContent = "stopped"; return; }
     p.info.textContent = "done";
     if (p.bar.max) p.bar.value = p.bar.max;
   }
@@ -320,9 +322,10 @@ class TurnView {
   finish(ev) {
     this.status.remove();
     if (this.live) { this.live.remove(); this.live = null; }
-    for (const b of this.open) this.setResult(b, ev.type === "cancelled" ? "(stopped)" : "(no result)", true);
+    const stopped = ev.type === "cancelled";
+    for (const b of this.open) this.setResult(b, stopped ? "Stopped before it finished." : "(no result)", true, stopped);
     this.open = [];
-    for (const p of Object.values(this.progress)) this.endProgress(p);
+    for (const p of Object.values(this.progress)) this.endProgress(p, stopped);
     if (ev.type === "error") {
       this.body.append(el("div", { class: "answer error", role: "alert" }, markdown(ev.text)));
     } else if (ev.type === "cancelled") {
