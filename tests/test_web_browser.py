@@ -347,8 +347,11 @@ def test_chat_page_end_to_end(server: dict[str, Any], tmp_path: Path) -> None:
                 "plots": page.locator(".msg.assistant .plots img").count(),
                 "sources": page.locator(".msg.assistant .citations li").count(),
             }
+            draft = "now only women, please"
+            page.locator("#input").press_sequentially(draft)  # typed, not sent: a reload keeps it
             page.reload()
             expect(page.locator("body[data-ready='1']")).to_have_count(1, timeout=30_000)
+            expect(page.locator("#input")).to_have_value(draft)
             expect(page.locator(".msg.user")).to_have_count(5)
             after = {
                 "answers": [a.inner_text() for a in page.locator(".msg.assistant .answer").all()],

@@ -414,6 +414,7 @@ function submit() {
   const text = input.value.trim();
   if (!text) return;
   input.value = "";
+  localStorage.removeItem("synthehr.draft");
   if (state.busy) {
     state.queue.push({ text, node: addUser(text, true) });
     welcome.remove();
@@ -496,6 +497,11 @@ async function init() {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
   });
   $("#stop").addEventListener("click", stop);
+  // The draft survives a reload or a closed tab; leaving during a turn asks first (leaving stops the turn).
+  const draft = localStorage.getItem("synthehr.draft");
+  if (draft) $("#input").value = draft;
+  $("#input").addEventListener("input", () => localStorage.setItem("synthehr.draft", $("#input").value));
+  window.addEventListener("beforeunload", (e) => { if (state.busy || state.queue.length) { e.preventDefault(); e.returnValue = ""; } });
   $("#menu-toggle").addEventListener("click", () => setMenu(!document.body.classList.contains("menu-open")));
   $("#menu-backdrop").addEventListener("click", () => setMenu(false));
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") setMenu(false); });
