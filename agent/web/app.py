@@ -1,14 +1,29 @@
 """The local web app (`synthehr serve`): a chat page over the same agent, sessions and workspace as the CLI.
 
-Stack: FastAPI + uvicorn and one static page (agent/web_assets/: HTML, CSS, JS; no CDN, no fonts
+Stack: FastAPI + uvicorn and one static page (agent/web/assets/: HTML, CSS, JS; no CDN, no fonts
 or analytics fetched from anywhere). A turn is streamed to the page as newline-delimited JSON:
 
-    {"type": "start", "session": ...}
+    {"type": "start", "session", "turn"}                      (turn: the id POST /api/turns/<turn>/cancel stops)
+    {"type": "status", "text"}                                 ("Loading the language model…", "Training finished; …")
     {"type": "step", "kind": "thought"|"action"|"observation"|"error", "tool", "args", "text", "files"}
-    {"type": "progress", "task", "done", "total", "info"}        (a generator training, indexing ...)
-    {"type": "answer", "text", "steps", "datasets", "plots", "citations", "files"}
+    {"type": "progress", "task", "label", "detail", "eta", "eta_s", "done", "total", "state"}
+                          (label and detail in plain words, e.g. "pass over the records 4 of 10", "about 40 s left";
+                           state start|run|finish|stopped; no training losses)
+    {"type": "delta", "text"}                                  (the answer as it is written, where the loop streams it:
+                                                                StepEvent(kind="answer_delta", text=chunk))
+    {"type": "answer", "text", "steps", "datasets", "plots", "downloads", "citations", "files"}
+    {"type": "cancelled", "text", "tool_started", "training_started"}   (Stop pressed, or the page went away)
     {"type": "error", "text"}
     {"type": "end"}
+
+GET /api/sessions/<name> gives every turn again in the same shape (answer as `text`, steps with their
+thoughts, cards, plots with alt text, sources): what the page showed is kept in <workspace>/web/<name>.jsonl.
+The knowledge index is brought up to date in a background thread at server start (GET /api/status).
+Request bodies over server.max_body_bytes (1 MB) get 413; a JSON body that is not an object gets 422.
+
+Stopping: a turn ends at its next step or progress update (TurnCancelled). Nothing is charged before a tool
+starts, so a page that goes away while the model thinks costs no budget; a training that already started
+keeps its charge (train_generator charges the full target before it reads a record) and is discarded.
 
 Security model:
 - Binds to 127.0.0.1 by default. Binding elsewhere needs an access token (the environment variable
