@@ -101,6 +101,10 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, gt=0, lt=65536)
     token_env: str | None = "SYNTHEHR_TOKEN"
+    # Largest request body accepted by the web app (bytes); larger ones are answered 413.
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    # Build or refresh the knowledge index in the background when the server starts.
+    index_on_start: bool = True
 
 
 class Settings(_Section):

@@ -40,4 +40,6 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"synthehr web app on http://{shown}:{port}/  (workspace {settings.workspace.path}; Ctrl+C to stop)")
         if token:
             typer.echo(f"access token required: open http://{shown}:{port}/?token=<value of ${token_env}>")
+        if settings.server.index_on_start:
+            typer.echo("knowledge index: brought up to date in the background (the page shows its state)")
         run_server(settings, host=host, port=port, token_env=token_env)
