@@ -110,27 +110,29 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
     eps_pre, eps_sgd = split_budget(epsilon, pv.preprocessing_share)
     model_id = new_id("model")
     run_id = new_id("run")
-    # 2) Charge the full target, as two ledger lines, before loading any record.
-    try:
-        ws.check_budget(source, epsilon, delta, pv.source_budget_epsilon, pv.source_budget_delta)
-        # The same split the engine uses: with Gaussian per-column tables, half of delta goes to them
-        # (charged even if the engine ends up releasing no table: overcharging is safe, undercharging is not).
-        ts = settings.training
-        gaussian = ts.marginal_weight > 0 and ts.marginal_mechanism == "gaussian" and eps_pre > 0
-        delta_pre = delta * 0.5 if gaussian else 0.0
-        mech_pre = "laplace-histogram+gaussian-marginals" if gaussian else (
-            "laplace-histogram+laplace-marginals" if ts.marginal_weight > 0 else "laplace-histogram")
-        ws.charge(source, eps_pre, delta_pre, mech_pre, f"{what or 'train'} {model_id}: DP frequencies of the "
-                  f"conditioning columns and per-column tables", pv.source_budget_epsilon, pv.source_budget_delta,
-                  ref=model_id)
-        ws.charge(source, eps_sgd, delta - delta_pre, f"dp-sgd-opacus-{accountant}", f"{what or 'train'} {model_id}: "
-                  f"discriminator DP-SGD (target)", pv.source_budget_epsilon, pv.source_budget_delta, ref=model_id)
-    except BudgetExceeded as exc:
-        raise ToolInputError(str(exc)) from None
+    # 2) Charge the full target, as two ledger lines, before loading any record. Both lines and the
+    #    run record go in ONE transaction: all or nothing, so a concurrent charge cannot orphan half.
     params = {"source": source, "epsilon": epsilon, "delta": delta, "conditions": conds, "epochs": epochs,
               "accountant": accountant, "seed": seed, "model_id": model_id}
-    ws.insert("runs", {"id": run_id, "kind": "train", "started_at": now_iso(), "status": "running",
-                       "session": deps.session.name, "params_json": params})
+    # The same split the engine uses: with Gaussian per-column tables, half of delta goes to them
+    # (charged even if the engine ends up releasing no table: overcharging is safe, undercharging is not).
+    ts = settings.training
+    gaussian = ts.marginal_weight > 0 and ts.marginal_mechanism == "gaussian" and eps_pre > 0
+    delta_pre = delta * 0.5 if gaussian else 0.0
+    mech_pre = "laplace-histogram+gaussian-marginals" if gaussian else (
+        "laplace-histogram+laplace-marginals" if ts.marginal_weight > 0 else "laplace-histogram")
+    lines = [
+        {"epsilon": eps_pre, "delta": delta_pre, "mechanism": mech_pre,
+         "what": f"{what or 'train'} {model_id}: DP frequencies of the conditioning columns and per-column tables"},
+        {"epsilon": eps_sgd, "delta": delta - delta_pre, "mechanism": f"dp-sgd-opacus-{accountant}",
+         "what": f"{what or 'train'} {model_id}: discriminator DP-SGD (target)"},
+    ]
+    try:
+        ws.charge_many(source, lines, pv.source_budget_epsilon, pv.source_budget_delta, ref=model_id,
+                       run={"id": run_id, "kind": "train", "started_at": now_iso(), "status": "running",
+                            "session": deps.session.name, "params_json": params})
+    except BudgetExceeded as exc:
+        raise ToolInputError(str(exc)) from None
     model_dir = ws.models_dir / model_id
     t0 = time.perf_counter()
     try:

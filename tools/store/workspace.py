@@ -285,6 +285,64 @@ class Workspace:
             )
         return Charge(source, at, float(epsilon), float(delta), mechanism, what, ref)
 
+    def charge_many(
+        self,
+        source: str,
+        lines: list[dict[str, Any]],
+        budget_epsilon: float,
+        budget_delta: float,
+        ref: str | None = None,
+        run: dict[str, Any] | None = None,
+    ) -> list[Charge]:
+        """Record several charges of one release (e.g. the two parts of a training) in ONE transaction.
+
+        Either every line is recorded or none: the budget check covers their sum, so a concurrent
+        charge can never slip in between them and leave half a training charged. `lines` are dicts
+        with epsilon, delta, mechanism and what. `run`, when given, is a runs-table record inserted
+        in the same transaction (its charges are then never without a run that says what became of it).
+        """
+        if not lines:
+            raise ValueError("charge_many needs at least one line")
+        for ln in lines:
+            if float(ln["epsilon"]) < 0 or float(ln["delta"]) < 0:
+                raise ValueError("a privacy charge cannot be negative")
+        eps = sum(float(ln["epsilon"]) for ln in lines)
+        delta = sum(float(ln["delta"]) for ln in lines)
+        at = now_iso()
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM ledger WHERE source = ?", (source,)
+            ).fetchone()
+            _check(source, eps, delta, float(row[0]), float(row[1]), budget_epsilon, budget_delta)
+            for ln in lines:
+                conn.execute(
+                    "INSERT INTO ledger (source, at, epsilon, delta, mechanism, what, ref) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (source, at, float(ln["epsilon"]), float(ln["delta"]), str(ln["mechanism"]), str(ln["what"]), ref),
+                )
+            if run is not None:
+                cols = list(run)
+                values = [json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for v in run.values()]
+                conn.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", values)
+        return [Charge(source, at, float(ln["epsilon"]), float(ln["delta"]), str(ln["mechanism"]), str(ln["what"]), ref)
+                for ln in lines]
+
+    def ledger(self, source: str | None = None) -> list[dict[str, Any]]:
+        """Every charge with the run that made it (run id, kind, status; None when no run is recorded).
+
+        A charge is linked to the run whose params name the charge's ref as model_id (training runs);
+        a run that failed keeps its charge: the budget was spent once the mechanism could see the data.
+        """
+        q = ("SELECT l.id AS id, l.source AS source, l.at AS at, l.epsilon AS epsilon, l.delta AS delta, "
+             "l.mechanism AS mechanism, l.what AS what, l.ref AS ref, r.id AS run_id, r.kind AS run_kind, "
+             "r.status AS status, r.started_at AS run_started_at, r.finished_at AS run_finished_at "
+             "FROM ledger l LEFT JOIN runs r ON l.ref IS NOT NULL AND r.kind = 'train' AND "
+             "json_valid(r.params_json) AND json_extract(r.params_json, '$.model_id') = l.ref")
+        args: tuple[Any, ...] = ()
+        if source is not None:
+            q += " WHERE l.source = ?"
+            args = (source,)
+        return self.query(q + " ORDER BY l.id", args)
+
     def charges(self, source: str | None = None) -> list[Charge]:
         q = "SELECT source, at, epsilon, delta, mechanism, what, ref FROM ledger"
         args: tuple[Any, ...] = ()
