@@ -320,9 +320,7 @@ class Workspace:
                     (source, at, float(ln["epsilon"]), float(ln["delta"]), str(ln["mechanism"]), str(ln["what"]), ref),
                 )
             if run is not None:
-                cols = list(run)
-                values = [json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for v in run.values()]
-                conn.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", values)
+                self._insert_in(conn, "runs", run)
         return [Charge(source, at, float(ln["epsilon"]), float(ln["delta"]), str(ln["mechanism"]), str(ln["what"]), ref)
                 for ln in lines]
 
@@ -356,14 +354,16 @@ class Workspace:
     # ---- records ------------------------------------------------------------------------------
     def insert(self, table: str, record: dict[str, Any]) -> None:
         """Insert one record (dict values are stored as JSON) in its own transaction."""
+        with self.transaction() as conn:
+            self._insert_in(conn, table, record)
+
+    def _insert_in(self, conn: sqlite3.Connection, table: str, record: dict[str, Any]) -> None:
+        """Insert one record inside an open transaction (every insert goes through here, charge_many's run too)."""
         if table not in {"sources", "models", "runs", "datasets"}:
             raise ValueError(f"unknown table {table}")
         cols = list(record)
         values = [json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for v in record.values()]
-        with self.transaction() as conn:
-            conn.execute(
-                f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", values
-            )
+        conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", values)
 
     def update_run(self, run_id: str, status: str, result: dict[str, Any]) -> None:
         with self.transaction() as conn:
