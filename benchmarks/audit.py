@@ -259,7 +259,8 @@ def render(runs: list[AuditRun], command: str, meta: dict[str, Any]) -> str:
           "this audit cannot tell ε = 3 from ε = 10 however weak the privacy; the `memorise` control (no DP) "
           "shows the attack and arithmetic reach that cap when records do leak. A black-box distance attack on "
           "a DP generator is weak (Annamalai, Ganev et al. 2024): bounds near 0 say the attack found no leak, "
-          "not that ε is 0. The audit trains with the engine as it is, so it also covers the preprocessing "
+          "not that ε is 0; a row with a huge claimed ε (almost no noise), when present, shows how much of that "
+          "weakness is the attack on a GAN rather than the privacy noise. The audit trains with the engine as it is, so it also covers the preprocessing "
           "releases (condition histogram and per-column tables).", "", MARK_END]
     return "\n".join(L) + "\n"
 
@@ -285,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--n-synthetic", type=int, default=20_000)
     ap.add_argument("--no-control", action="store_true", help="skip the memorise (no DP) control row")
+    ap.add_argument("--sanity-epsilons", type=float, nargs="*", default=[],
+                    help="very large claimed epsilons (e.g. 1000: almost no noise) run on the first seed only, to "
+                         "show how much the attack finds when DP barely protects")
     ap.add_argument("--results-md", default=None, help="update the audit section of this Markdown file")
     ap.add_argument("--json", default=None, help="write the runs as JSON here")
     args = ap.parse_args(argv)
@@ -293,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     k = args.k if args.k is not None else max(1, args.m // 10)
     runs: list[AuditRun] = []
     plan: list[float | None] = ([] if args.no_control else [None]) + list(args.epsilons)
+    plan += [e for e in args.sanity_epsilons if e not in args.epsilons]
     for eps in plan:
-        for seed in (args.seeds[:1] if eps is None else args.seeds):
+        first_only = eps is None or (eps in args.sanity_epsilons and eps not in args.epsilons)
+        for seed in (args.seeds[:1] if first_only else args.seeds):
             a = run_once(eps, seed, n_base=args.n_base, m=args.m, k=k, epochs=args.epochs, n_synthetic=args.n_synthetic)
             runs.append(a)
             print(json.dumps(a.__dict__), flush=True)
@@ -304,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parts = ["OMP_NUM_THREADS=1 python -m benchmarks.audit", "--epsilons", *[f"{e:g}" for e in args.epsilons],
                  "--seeds", *map(str, args.seeds), "--m", str(args.m), "--n-base", str(args.n_base),
                  "--epochs", str(args.epochs)]
+    if args.sanity_epsilons:
+        cmd_parts += ["--sanity-epsilons", *[f"{e:g}" for e in args.sanity_epsilons]]
     if args.results_md:
         cmd_parts += ["--results-md", args.results_md]
     meta = {"n_base": args.n_base, "m": args.m, "k": k, "epochs": args.epochs, "n_synthetic": args.n_synthetic,

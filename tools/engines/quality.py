@@ -1029,7 +1029,7 @@ def dp_fidelity(model: Any, frame: pd.DataFrame, fixed: Mapping[str, Any] | None
         if b.name in fixed and b.name not in columns:
             columns[b.name] = {"scored": False, "reason": f"fixed by the cohort definition ({b.name} = {fixed[b.name]})"}
     return {
-        "reference": "the model's DP-released joint frequencies of its conditioning columns (Laplace noise), "
+        "reference": "the model's DP-released joint frequencies of its conditioning columns (as the model stores them), "
                      "restricted to the cohort's fixed values",
         "privacy_cost": "none: post-processing of DP releases; no real record is read",
         "mean_tvd_complement": round(float(np.mean(scores)), 4) if scores else None,
