@@ -260,7 +260,8 @@ def render(runs: list[AuditRun], command: str, meta: dict[str, Any]) -> str:
           "shows the attack and arithmetic reach that cap when records do leak. A black-box distance attack on "
           "a DP generator is weak (Annamalai, Ganev et al. 2024): bounds near 0 say the attack found no leak, "
           "not that ε is 0; a row with a huge claimed ε (almost no noise), when present, shows how much of that "
-          "weakness is the attack on a GAN rather than the privacy noise. The audit trains with the engine as it is, so it also covers the preprocessing "
+          "weakness is the attack on a GAN rather than the privacy noise. The inclusion coins are secure (not from "
+          "the seed), so a rerun gives other counts; what must hold in every run is bound <= claim. The audit trains with the engine as it is, so it also covers the preprocessing "
           "releases (condition histogram and per-column tables).", "", MARK_END]
     return "\n".join(L) + "\n"
 
