@@ -128,7 +128,9 @@ def guesses(scores: np.ndarray, included: np.ndarray, k_plus: int, k_minus: int)
 
 
 # ---- made-up data and canaries -------------------------------------------------------------------
-def audit_schema() -> Any:
+def audit_schema(m: int = 0) -> Any:
+    """The made-up schema; with m > 0 a categorical column `code` whose public categories are "base"
+    (every base record) and one code per canary ("c000", ...), for the category canaries."""
     from synthehr.tools.store.schema import Column, ColumnType, SourceMeta, SourceSchema
 
     meta = SourceMeta(name="audit-made-up", title="Made-up audit population", publisher="synthehr benchmarks",
@@ -138,6 +140,9 @@ def audit_schema() -> Any:
             for i in range(N_NUMERIC)]
     cols += [Column(name="sex", type=ColumnType.categorical, categories=["female", "male"], missing_allowed=False),
              Column(name="flag", type=ColumnType.binary, missing_allowed=False)]
+    if m:
+        cols.append(Column(name="code", type=ColumnType.categorical, categories=["base", *canary_codes(m)],
+                           missing_allowed=False))
     return SourceSchema(meta=meta, columns=cols, condition_columns=["flag", "sex"])
 
 
@@ -147,6 +152,25 @@ def base_frame(n: int, rng: np.random.Generator) -> pd.DataFrame:
     data["sex"] = rng.choice(["female", "male"], n)
     data["flag"] = (rng.random(n) < 0.3).astype(int)
     return pd.DataFrame(data)
+
+
+def canary_codes(m: int) -> list[str]:
+    return [f"c{i:03d}" for i in range(m)]
+
+
+def category_canaries(m: int, rng: np.random.Generator) -> pd.DataFrame:
+    """m canaries that look like base records except for their own category of `code` (a rare diagnosis
+    code, say): the per-column tables the engine releases hold each one's cell, so its inclusion moves
+    one cell by one record, the smallest change DP must hide."""
+    frame = base_frame(m, rng)
+    frame["code"] = canary_codes(m)
+    return frame
+
+
+def category_scores(synthetic: pd.DataFrame, m: int) -> np.ndarray:
+    """Attack score of each category canary: how many synthetic records carry its code."""
+    counts = synthetic["code"].astype(str).value_counts()
+    return np.array([float(counts.get(c, 0)) for c in canary_codes(m)])
 
 
 def canaries(m: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -179,6 +203,7 @@ def dcr_scores(canary_frame: pd.DataFrame, synthetic: pd.DataFrame) -> np.ndarra
 @dataclass
 class AuditRun:
     mechanism: str
+    canary: str
     claimed_epsilon: float | None
     reported_epsilon: float | None
     delta: float
@@ -192,7 +217,7 @@ class AuditRun:
 
 
 def run_once(epsilon: float | None, seed: int, *, n_base: int = 1000, m: int = 256, k: int | None = None,
-             epochs: int = 10, n_synthetic: int = 20_000, alpha: float = 0.05) -> AuditRun:
+             epochs: int = 10, n_synthetic: int = 20_000, alpha: float = 0.05, canary: str = "corner") -> AuditRun:
     """Train once with the canaries each included w.p. 1/2 (secure coins) and bound epsilon.
 
     epsilon None = the `memorise` control: the training records themselves are the "synthetic" release.
@@ -201,13 +226,19 @@ def run_once(epsilon: float | None, seed: int, *, n_base: int = 1000, m: int = 2
     from synthehr.configs.settings import TrainingSettings
     from synthehr.tools.engines.dpgan import default_delta, train_dpgan
 
+    if canary not in ("corner", "category"):
+        raise ValueError("canary must be 'corner' or 'category'")
     rng = np.random.default_rng(seed)
     base = base_frame(n_base, rng)
-    can = canaries(m, rng)
+    if canary == "category":
+        base["code"] = "base"
+        can = category_canaries(m, rng)
+    else:
+        can = canaries(m, rng)
     included = np.array([secrets.randbits(1) == 1 for _ in range(m)])
     train = pd.concat([base, can[included]], ignore_index=True)
     train = train.iloc[rng.permutation(len(train))].reset_index(drop=True)
-    schema = audit_schema()
+    schema = audit_schema(m if canary == "category" else 0)
     delta = default_delta(n_base + m, 1e-5)
     k = k if k is not None else max(1, m // 10)
     t0 = time.perf_counter()
@@ -219,50 +250,63 @@ def run_once(epsilon: float | None, seed: int, *, n_base: int = 1000, m: int = 2
                             seed=seed, settings=settings)
         reported = float(model.epsilon)
         synthetic = model.sample(n_synthetic, seed=seed)
-    scores = dcr_scores(can, synthetic)
+    scores = category_scores(synthetic, m) if canary == "category" else dcr_scores(can, synthetic)
     r, v = guesses(scores, included, k, k)
     bound = one_run_lower_bound(r, v, m, delta if epsilon is not None else 0.0, alpha)
-    return AuditRun("memorise (no DP)" if epsilon is None else "synthehr DP-cGAN", epsilon, reported, delta, seed, m,
+    return AuditRun("memorise (no DP)" if epsilon is None else "synthehr DP-cGAN", canary, epsilon, reported, delta,
+                    seed, m,
                     int(included.sum()), r, v, bound, round(time.perf_counter() - t0, 1))
 
 
 # ---- report --------------------------------------------------------------------------------------
+CANARY_TEXT = {
+    "corner": "corner canaries: each at its own far corner of the 8 numeric columns (x_i at 3 or 97); attack = minus "
+              "the distance from the canary to the nearest synthetic record",
+    "category": "category canaries: a base-like record with its own category of a `code` column (base records all "
+                "have \"base\"); attack = how many synthetic records carry the canary's code",
+}
+
+
 def render(runs: list[AuditRun], command: str, meta: dict[str, Any]) -> str:
+    kinds = [k for k in CANARY_TEXT if any(a.canary == k for a in runs)]
     L = [MARK_START, "", "## Empirical privacy audit (one-run, Steinke, Nasr & Jagielski 2023)", "",
          f"Reproduce: `{command}` ({meta['wall_min']:.1f} min on this machine, {meta['started']}).", "",
          f"Made-up data: {meta['n_base']} Gaussian base records, {N_NUMERIC} numeric columns + sex + a flag; "
-         f"m = {meta['m']} canaries at distinct far corners, each inserted with probability 1/2 by a secure coin; "
-         f"one `train_dpgan` run per row (engine defaults, {meta['epochs']} epochs, PRV accountant, "
-         f"δ = min(1e-5, 1/n^1.1)); attack = distance from each canary to the nearest of {meta['n_synthetic']:,} synthetic "
-         f"records; guesses: top {meta['k']} \"in\", bottom {meta['k']} \"out\" (fixed before scoring); "
-         "lower bound = largest ε with p(ε) < 0.05 (95 % confidence), including the δ term.", "",
-         "| mechanism | claimed ε | reported ε | seed | canaries in | correct guesses v / r | ε lower bound (95 %) | bound ≤ claim |",
-         "|---|---|---|---|---|---|---|---|"]
+         f"m = {meta['m']} canaries, each inserted with probability 1/2 by a secure coin; one `train_dpgan` run per "
+         f"row (engine defaults, {meta['epochs']} epochs, PRV accountant, δ = min(1e-5, 1/n^1.1)); "
+         f"{meta['n_synthetic']:,} synthetic records sampled; guesses: top {meta['k']} \"in\", bottom {meta['k']} "
+         "\"out\" (fixed before scoring); lower bound = largest ε with p(ε) < 0.05 (95 % confidence), including "
+         "the δ term. Two canary designs:", ""]
+    L += [f"- {CANARY_TEXT[k]}." for k in kinds]
+    L += ["", "| mechanism | canaries | claimed ε | reported ε | seed | canaries in | correct guesses v / r | "
+          "ε lower bound (95 %) | bound ≤ claim |", "|---|---|---|---|---|---|---|---|---|"]
     for a in runs:
         claim = "none (not DP)" if a.claimed_epsilon is None else f"{a.claimed_epsilon:g}"
         rep = "–" if a.reported_epsilon is None else f"{a.reported_epsilon:.3f}"
         ok = "–" if a.claimed_epsilon is None else ("yes" if a.lower_bound <= a.claimed_epsilon else "**NO (bug)**")
-        L.append(f"| {a.mechanism} | {claim} | {rep} | {a.seed} | {a.included} of {a.m} | {a.v} / {a.r} | "
+        L.append(f"| {a.mechanism} | {a.canary} | {claim} | {rep} | {a.seed} | {a.included} of {a.m} | {a.v} / {a.r} | "
                  f"{a.lower_bound:.3f} | {ok} |")
-    by: dict[float, list[AuditRun]] = {}
+    by: dict[tuple[str, float], list[AuditRun]] = {}
     for a in runs:
         if a.claimed_epsilon is not None:
-            by.setdefault(a.claimed_epsilon, []).append(a)
+            by.setdefault((a.canary, a.claimed_epsilon), []).append(a)
     cap = one_run_lower_bound(2 * meta["k"], 2 * meta["k"], meta["m"], 0.0)
-    L += ["", "| claimed ε | worst (largest) lower bound over seeds | median | claim respected in every run |",
-          "|---|---|---|---|"]
-    for e, rs in sorted(by.items()):
+    L += ["", "| canaries | claimed ε | runs | worst (largest) lower bound | median | claim respected in every run |",
+          "|---|---|---|---|---|---|"]
+    for (kind, e), rs in sorted(by.items()):
         b = [x.lower_bound for x in rs]
-        L.append(f"| {e:g} | {max(b):.3f} | {float(np.median(b)):.3f} | {'yes' if max(b) <= e else '**NO**'} |")
+        L.append(f"| {kind} | {e:g} | {len(b)} | {max(b):.3f} | {float(np.median(b)):.3f} | "
+                 f"{'yes' if max(b) <= e else '**NO**'} |")
     L += ["", f"Reading: a lower bound is what the attack PROVES leaks; it is not an estimate of the true ε. With "
           f"{2 * meta['k']} guesses the largest bound any attack could show is {cap:.2f} (all guesses right), so "
           "this audit cannot tell ε = 3 from ε = 10 however weak the privacy; the `memorise` control (no DP) "
-          "shows the attack and arithmetic reach that cap when records do leak. A black-box distance attack on "
-          "a DP generator is weak (Annamalai, Ganev et al. 2024): bounds near 0 say the attack found no leak, "
-          "not that ε is 0; a row with a huge claimed ε (almost no noise), when present, shows how much of that "
-          "weakness is the attack on a GAN rather than the privacy noise. The inclusion coins are secure (not from "
-          "the seed), so a rerun gives other counts; what must hold in every run is bound <= claim. The audit trains with the engine as it is, so it also covers the preprocessing "
-          "releases (condition histogram and per-column tables).", "", MARK_END]
+          "shows the attack and arithmetic reach that cap when records do leak. Black-box attacks on DP "
+          "generators are weak (Annamalai, Ganev et al. 2024): bounds near 0 say the attack found no leak, "
+          "not that ε is 0; a row with a huge claimed ε (almost no noise) shows how much of that weakness is the "
+          "attack rather than the privacy noise. The inclusion coins are secure (not from the seed), so a rerun "
+          "gives other counts; what must hold in every run is bound ≤ claim. The audit trains with the engine as "
+          "it is, so it covers the preprocessing releases (condition histogram and per-column tables) as well as "
+          "DP-SGD.", "", MARK_END]
     return "\n".join(L) + "\n"
 
 
@@ -292,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                          "show how much the attack finds when DP barely protects")
     ap.add_argument("--results-md", default=None, help="update the audit section of this Markdown file")
     ap.add_argument("--json", default=None, help="write the runs as JSON here")
+    ap.add_argument("--canaries", nargs="+", choices=["corner", "category"], default=["corner", "category"],
+                    help="canary designs to audit (default both)")
     args = ap.parse_args(argv)
     t0 = time.time()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -299,18 +345,20 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[AuditRun] = []
     plan: list[float | None] = ([] if args.no_control else [None]) + list(args.epsilons)
     plan += [e for e in args.sanity_epsilons if e not in args.epsilons]
-    for eps in plan:
-        first_only = eps is None or (eps in args.sanity_epsilons and eps not in args.epsilons)
-        for seed in (args.seeds[:1] if first_only else args.seeds):
-            a = run_once(eps, seed, n_base=args.n_base, m=args.m, k=k, epochs=args.epochs, n_synthetic=args.n_synthetic)
-            runs.append(a)
-            print(json.dumps(a.__dict__), flush=True)
-            if a.claimed_epsilon is not None and a.lower_bound > a.claimed_epsilon:
-                raise SystemExit(f"BUG: empirical lower bound {a.lower_bound:.3f} exceeds the claimed epsilon "
-                                 f"{a.claimed_epsilon:g} (seed {seed})")
+    for kind in args.canaries:
+        for eps in plan:
+            first_only = eps is None or (eps in args.sanity_epsilons and eps not in args.epsilons)
+            for seed in (args.seeds[:1] if first_only else args.seeds):
+                a = run_once(eps, seed, n_base=args.n_base, m=args.m, k=k, epochs=args.epochs, n_synthetic=args.n_synthetic,
+                             canary=kind)
+                runs.append(a)
+                print(json.dumps(a.__dict__), flush=True)
+                if a.claimed_epsilon is not None and a.lower_bound > a.claimed_epsilon:
+                    raise SystemExit(f"BUG: empirical lower bound {a.lower_bound:.3f} exceeds the claimed epsilon "
+                                     f"{a.claimed_epsilon:g} (seed {seed})")
     cmd_parts = ["OMP_NUM_THREADS=1 python -m benchmarks.audit", "--epsilons", *[f"{e:g}" for e in args.epsilons],
                  "--seeds", *map(str, args.seeds), "--m", str(args.m), "--n-base", str(args.n_base),
-                 "--epochs", str(args.epochs)]
+                 "--epochs", str(args.epochs), "--canaries", *args.canaries]
     if args.sanity_epsilons:
         cmd_parts += ["--sanity-epsilons", *[f"{e:g}" for e in args.sanity_epsilons]]
     if args.results_md:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.audit import (
+    category_scores,
     clopper_pearson_bound,
     guesses,
     one_run_lower_bound,
@@ -60,10 +61,17 @@ def test_guesses_count_correct_answers() -> None:
         guesses(scores, inc, 4, 4)
 
 
+def test_category_scores_count_synthetic_codes() -> None:
+    import pandas as pd
+
+    syn = pd.DataFrame({"code": ["c001", "c001", "base", "c003", "c001"]})
+    assert list(category_scores(syn, 4)) == [0.0, 3.0, 0.0, 1.0]
+
+
 def test_results_section_is_replaced_in_place(tmp_path) -> None:  # noqa: ANN001
     from benchmarks.audit import AuditRun
 
-    runs = [AuditRun("synthehr DP-cGAN", 1.0, 0.99, 1e-5, 0, 64, 30, 12, 7, 0.0, 1.0)]
+    runs = [AuditRun("synthehr DP-cGAN", "corner", 1.0, 0.99, 1e-5, 0, 64, 30, 12, 7, 0.0, 1.0)]
     meta = {"n_base": 100, "m": 64, "k": 6, "epochs": 2, "n_synthetic": 1000, "wall_min": 0.1, "started": "now"}
     md = tmp_path / "R.md"
     md.write_text("# results\n\nkeep me\n", encoding="utf-8")
@@ -75,9 +83,10 @@ def test_results_section_is_replaced_in_place(tmp_path) -> None:  # noqa: ANN001
 
 @pytest.mark.slow
 def test_real_engine_audit_stays_under_the_claim_and_the_control_leaks() -> None:
-    control = run_once(None, seed=0, n_base=300, m=64, k=8)
-    assert control.v == control.r and control.lower_bound > 1.0  # the attack has power on a leaking release
-    for eps in (1.0, 10.0):
-        a = run_once(eps, seed=0, n_base=300, m=64, k=8, epochs=3, n_synthetic=5000)
+    for kind in ("corner", "category"):
+        control = run_once(None, seed=0, n_base=300, m=64, k=8, canary=kind)
+        assert control.v == control.r and control.lower_bound > 1.0  # the attack has power on a leaking release
+    for eps, kind in ((1.0, "corner"), (10.0, "category")):
+        a = run_once(eps, seed=0, n_base=300, m=64, k=8, epochs=3, n_synthetic=5000, canary=kind)
         assert a.reported_epsilon is not None and a.reported_epsilon <= eps
-        assert 0.0 <= a.lower_bound <= eps, a
+        assert a.canary == kind and 0.0 <= a.lower_bound <= eps, a
