@@ -270,7 +270,8 @@ CANARY_TEXT = {
 def render(runs: list[AuditRun], command: str, meta: dict[str, Any]) -> str:
     kinds = [k for k in CANARY_TEXT if any(a.canary == k for a in runs)]
     L = [MARK_START, "", "## Empirical privacy audit (one-run, Steinke, Nasr & Jagielski 2023)", "",
-         f"Reproduce: `{command}` ({meta['wall_min']:.1f} min on this machine, {meta['started']}).", "",
+         f"Reproduce: `{command}` ({meta['wall_min']:.1f} min on this machine, {meta['started']}, code at commit "
+         f"{meta.get('commit', 'unknown')}).", "",
          f"Made-up data: {meta['n_base']} Gaussian base records, {N_NUMERIC} numeric columns + sex + a flag; "
          f"m = {meta['m']} canaries, each inserted with probability 1/2 by a secure coin; one `train_dpgan` run per "
          f"row (engine defaults, {meta['epochs']} epochs, PRV accountant, δ = min(1e-5, 1/n^1.1)); "
@@ -363,7 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         cmd_parts += ["--sanity-epsilons", *[f"{e:g}" for e in args.sanity_epsilons]]
     if args.results_md:
         cmd_parts += ["--results-md", args.results_md]
-    meta = {"n_base": args.n_base, "m": args.m, "k": k, "epochs": args.epochs, "n_synthetic": args.n_synthetic,
+    try:
+        import subprocess
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE,
+                                timeout=10).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001 - not a git checkout
+        commit = "unknown"
+    meta = {"commit": commit, "n_base": args.n_base, "m": args.m, "k": k, "epochs": args.epochs, "n_synthetic": args.n_synthetic,
             "wall_min": (time.time() - t0) / 60, "started": started}
     section = render(runs, " ".join(cmd_parts), meta)
     if args.json:
