@@ -55,6 +55,9 @@ class PrivacySettings(_Section):
     source_budget_delta: float = Field(1e-4, gt=0, lt=1)
     max_epsilon_per_request: float = Field(10.0, gt=0)
     preprocessing_share: float = Field(0.5, ge=0, lt=0.9)
+    # Whether the user is the data custodian who may see custodian reports (non-private statistics of the
+    # real records); None = per source: True for built-in public sources (NHANES), False for user sources.
+    custodian_reports: bool | None = None
 
 
 class GenerationSettings(_Section):

@@ -246,6 +246,7 @@ def _model_with_report(deps, tmp_path) -> str:
 
 
 def test_report_for_a_model_or_its_data_set(deps, tmp_path):
+    deps.settings.privacy.custodian_reports = True  # the user is the custodian of toy-source
     _model_with_report(deps, tmp_path)
     by_model = report_for(deps, "m-test")
     by_ds = report_for(deps, "ds-q")
@@ -266,7 +267,7 @@ def test_cli_report_table_json_and_error(deps, tmp_path, workspace_dir):
 
     _model_with_report(deps, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHEHR_")}
-    env.update(SYNTHEHR_HOME=str(workspace_dir), COLUMNS="200")
+    env.update(SYNTHEHR_HOME=str(workspace_dir), COLUMNS="200", SYNTHEHR_PRIVACY__CUSTODIAN_REPORTS="true")
     table = subprocess.run([sys.executable, "-m", "synthehr", "report", "ds-q"], capture_output=True, text=True, env=env, timeout=120)
     assert table.returncode == 0, table.stderr
     assert "membership-inference AUC" in table.stdout and "quality.md" in table.stdout
@@ -289,6 +290,7 @@ def test_training_writes_the_report_and_report_for_rebuilds_it_identically(deps,
     meta.write_text(yaml.safe_dump({"meta": SCHEMA.meta.model_dump(), "condition_columns": ["diabetes", "sex"],
                                     "columns": [c.model_dump(mode="json", exclude_none=True) for c in SCHEMA.columns]}))
     deps.catalog.register(data, meta)
+    deps.settings.privacy.custodian_reports = True
     out = train_model(deps, "toy-source", 1.0, conditions=["diabetes", "sex"], epochs=1, seed=3)
     model_id = out["summary"]["model_id"]
     first = report_for(deps, model_id)

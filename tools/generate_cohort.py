@@ -401,6 +401,7 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
         frame.to_parquet(tmp / "data.parquet", index=False)
         meta = schema.meta
         versions = library_versions()
+        shared_facts = card_privacy_facts(deps, source, model_id, model, frame, plan["fixed"], proportions)
         card = {
             "dataset_id": dataset_id,
             "created_at": now_iso(),
@@ -415,6 +416,7 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
                       "target_epsilon": model.target_epsilon, "seed": model.seed,
                       "epochs": model.hyperparameters.get("epochs"), "conditions": model.conditions,
                       "charges": model.charges},
+            **shared_facts,
             "n_rows": len(frame),
             "seed": seed,
             "columns": [_column_card(schema, c) for c in frame.columns],
@@ -493,6 +495,40 @@ def _population_sentence(report: dict[str, Any] | None) -> str:
     return report_sentence(report)
 
 
+def card_privacy_facts(deps: Deps, source: str, model_id: str, model: Any, frame: pd.DataFrame, fixed: dict,
+                       proportions: Any) -> dict[str, Any]:
+    """What the shareable card says about fidelity, the ledger and the custodian report.
+
+    fidelity: the synthetic records against the model's DP-released frequencies (post-processing, free);
+    privacy_ledger: the source's budget as charged now (a failed run's charge stays spent);
+    custodian_report: where the model's report on real records lives; its figures (non-private) are
+    copied only when privacy.custodian_reports allows it for this source, marked as such."""
+    from synthehr.tools.engines.quality import CUSTODIAN_WARNING, custodian_allowed, dp_fidelity
+    from synthehr.tools.privacy_budget import FAILED_NOTE, budget_report
+
+    ledger = budget_report(deps, source)[0]
+    custodian: dict[str, Any] = {"kind": "custodian report", "location": f"models/{model_id}/quality.md (workspace only, "
+                                 "not part of this data set)", "warning": CUSTODIAN_WARNING}
+    if custodian_allowed(deps, source):
+        row = deps.workspace.get("models", "id", model_id)
+        qfile = Path(row["path"]) / "quality.json" if row and row.get("path") else None
+        if qfile is not None and qfile.is_file():
+            custodian["summary"] = json.loads(qfile.read_text(encoding="utf-8")).get("summary")
+        custodian["shown"] = "summary" in custodian
+    else:
+        custodian["shown"] = False
+        custodian["note"] = "withheld from this card: the user is not the data custodian (privacy.custodian_reports)"
+    return {
+        "fidelity": dp_fidelity(model, frame, fixed, proportions),
+        "privacy_ledger": {"source": source, "budget_epsilon": ledger["budget_epsilon"],
+                           "spent_epsilon": ledger["spent_epsilon"], "left_epsilon": ledger["left_epsilon"],
+                           "budget_delta": ledger["budget_delta"], "spent_delta": ledger["spent_delta"],
+                           "charges": len(ledger["charges"]), "failed_run_charges": ledger["failed_run_charges"],
+                           "note": FAILED_NOTE},
+        "custodian_report": custodian,
+    }
+
+
 def _index_lineage(deps: Deps, dataset_id: str) -> None:
     """Index the new data card in the knowledge index, so "which sources was this based on?" finds this run.
 
@@ -537,6 +573,35 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- epsilon = {m['epsilon']:.4g} (target {m['target_epsilon']:g}), delta = {m['delta']:.3g}, "
         f"accountant: {m['accountant']}, seed {m['seed']}, epochs {m['epochs']}",
         "- Charges: " + "; ".join(f"{c['mechanism']} epsilon {c['epsilon']:.4g}" for c in m["charges"]),
+    ]
+    led = card.get("privacy_ledger")
+    if led:
+        lines.append(f"- Ledger of {led['source']}: epsilon spent {led['spent_epsilon']:.4g} of {led['budget_epsilon']:g} "
+                     f"(left {led['left_epsilon']:.4g}) in {led['charges']} charge(s)"
+                     + (f", {led['failed_run_charges']} of them by failed runs" if led["failed_run_charges"] else "")
+                     + f"; {led['note']}. See `synthehr budget`.")
+    fid = card.get("fidelity")
+    if fid:
+        lines += ["", "## Fidelity against DP-released frequencies",
+                  f"- Reference: {fid['reference']}; privacy cost: {fid['privacy_cost']}.",
+                  "- Mean 1 - TVD: " + ("n/a" if fid["mean_tvd_complement"] is None else f"{fid['mean_tvd_complement']:.3f}")]
+        for name, v in fid["columns"].items():
+            if v.get("scored"):
+                shares = ", ".join(f"{k} {v['synthetic_share'][k]:.2f} vs {v['dp_reference_share'][k]:.2f}"
+                                   for k in v["synthetic_share"])
+                lines.append(f"- {name}: 1 - TVD {v['tvd_complement']:.3f} (synthetic vs DP share: {shares})")
+            else:
+                lines.append(f"- {name}: not scored ({v['reason']})")
+        lines.append(f"- {fid['note']}")
+    cr = card.get("custodian_report")
+    if cr:
+        lines += ["", "## Custodian report", f"- {cr['location']}."]
+        if cr.get("shown") and cr.get("summary"):
+            lines.append(f"- **{cr['warning']}.** Shown because privacy.custodian_reports allows it for this source:")
+            lines += [f"  - {k}: {v}" for k, v in cr["summary"].items() if v is not None]
+        else:
+            lines.append(f"- Not shown here ({cr.get('note') or 'no report'}); it {cr['warning']}.")
+    lines += [
         "",
         "## Columns",
         "| column | label | unit | type | LOINC |",

@@ -1,11 +1,21 @@
-"""privacy_budget: how much of each data source's privacy budget has been spent, and on what."""
+"""privacy_budget: how much of each data source's privacy budget has been spent, and on what.
+
+`budget_report` is the one reading of the ledger that the tool, `synthehr budget` and the data card
+share: per source the budget, spent and left (basic sequential composition of every charge), and
+every charge with the run that made it. A charge is never refunded: once a run's mechanism could see
+the records its budget is spent, so a run that failed (or was killed) keeps its charge.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthehr.tools.base import ToolResult, ToolSpec
 from synthehr.tools.deps import Deps
+
+FAILED_NOTE = "a failed run's charge stays spent (the budget is charged before any record is read and never refunded)"
 
 
 class PrivacyBudgetArgs(BaseModel):
@@ -16,31 +26,59 @@ class PrivacyBudgetArgs(BaseModel):
     )
 
 
-def privacy_budget(deps: Deps, args: PrivacyBudgetArgs) -> ToolResult:
-    names = [args.source] if args.source else deps.catalog.names()
-    for name in names:
-        deps.catalog.get(name)  # corrective error listing valid sources
+def budget_report(deps: Deps, source: str | None = None) -> list[dict[str, Any]]:
+    """Per source: budget, spent, left and every charge (run id, mechanism, epsilon, delta, status, time).
+
+    `source` None lists every registered source plus any source the ledger names that is no longer
+    registered. An unknown `source` raises ToolInputError listing the registered ones.
+    """
+    ws = deps.workspace
+    if source:
+        if source not in {r["source"] for r in ws.query("SELECT DISTINCT source FROM ledger")}:
+            deps.catalog.get(source)  # corrective error listing valid sources
+        names = [source]
+    else:
+        names = list(deps.catalog.names())
+        names += sorted({r["source"] for r in ws.query("SELECT DISTINCT source FROM ledger")} - set(names))
     p = deps.settings.privacy
-    rows = []
-    lines = []
+    out = []
     for name in names:
-        eps, delta = deps.workspace.spent(name)
-        charges = deps.workspace.charges(name)
-        rows.append(
-            {
-                "source": name,
-                "spent_epsilon": eps,
-                "spent_delta": delta,
-                "budget_epsilon": p.source_budget_epsilon,
-                "budget_delta": p.source_budget_delta,
-                "left_epsilon": max(p.source_budget_epsilon - eps, 0.0),
-                "left_delta": max(p.source_budget_delta - delta, 0.0),
-                "charges": [c.__dict__ for c in charges],
-            }
-        )
+        eps, delta = ws.spent(name)
+        charges = []
+        for row in ws.ledger(name):
+            status = row["status"] or "no run recorded"
+            charges.append({
+                "source": name, "at": row["at"], "run_id": row["run_id"], "ref": row["ref"], "mechanism": row["mechanism"],
+                "epsilon": float(row["epsilon"]), "delta": float(row["delta"]), "status": status,
+                "what": row["what"],
+                **({"note": "charge stays spent"} if status == "failed" else {}),
+            })
+        n_failed = sum(1 for c in charges if c["status"] == "failed")
+        out.append({
+            "source": name,
+            "budget_epsilon": p.source_budget_epsilon,
+            "budget_delta": p.source_budget_delta,
+            "spent_epsilon": eps,
+            "spent_delta": delta,
+            "left_epsilon": max(p.source_budget_epsilon - eps, 0.0),
+            "left_delta": max(p.source_budget_delta - delta, 0.0),
+            "failed_run_charges": n_failed,
+            "note": FAILED_NOTE,
+            "charges": charges,
+        })
+    return out
+
+
+def privacy_budget(deps: Deps, args: PrivacyBudgetArgs) -> ToolResult:
+    rows = budget_report(deps, args.source)
+    lines = []
+    for r in rows:
+        failed = (f" {r['failed_run_charges']} charge(s) belong to failed runs and stay spent."
+                  if r["failed_run_charges"] else "")
         lines.append(
-            f"{name}: spent epsilon {eps:.3g} of {p.source_budget_epsilon:g} (left {max(p.source_budget_epsilon - eps, 0):.3g}), "
-            f"delta {delta:.2g} of {p.source_budget_delta:.2g}, in {len(charges)} charge(s)."
+            f"{r['source']}: spent epsilon {r['spent_epsilon']:.3g} of {r['budget_epsilon']:g} "
+            f"(left {r['left_epsilon']:.3g}), delta {r['spent_delta']:.2g} of {r['budget_delta']:.2g}, "
+            f"in {len(r['charges'])} charge(s).{failed}"
         )
     return ToolResult(text=" ".join(lines), data={"sources": rows})
 

@@ -6,7 +6,9 @@ Order of operations (privacy first):
      lines - the DP preprocessing part and the DP-SGD part - BEFORE any real record is loaded;
   3. load the records, split off a holdout (never trained on) by seed;
   4. train, save the model (safetensors + manifest) into <workspace>/models/<model_id>/;
-  5. if synthehr.tools.engines.quality is installed, write a quality report on the holdout into the model folder.
+  5. if synthehr.tools.engines.quality is installed, write the custodian report (quality report on the
+     holdout: NON-private statistics of real records) into the model folder. The tool's answer names it
+     and repeats its flags only when privacy.custodian_reports allows it for this source.
 The model row records the epsilon actually spent (<= the charged target).
 """
 
@@ -110,27 +112,29 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
     eps_pre, eps_sgd = split_budget(epsilon, pv.preprocessing_share)
     model_id = new_id("model")
     run_id = new_id("run")
-    # 2) Charge the full target, as two ledger lines, before loading any record.
-    try:
-        ws.check_budget(source, epsilon, delta, pv.source_budget_epsilon, pv.source_budget_delta)
-        # The same split the engine uses: with Gaussian per-column tables, half of delta goes to them
-        # (charged even if the engine ends up releasing no table: overcharging is safe, undercharging is not).
-        ts = settings.training
-        gaussian = ts.marginal_weight > 0 and ts.marginal_mechanism == "gaussian" and eps_pre > 0
-        delta_pre = delta * 0.5 if gaussian else 0.0
-        mech_pre = "laplace-histogram+gaussian-marginals" if gaussian else (
-            "laplace-histogram+laplace-marginals" if ts.marginal_weight > 0 else "laplace-histogram")
-        ws.charge(source, eps_pre, delta_pre, mech_pre, f"{what or 'train'} {model_id}: DP frequencies of the "
-                  f"conditioning columns and per-column tables", pv.source_budget_epsilon, pv.source_budget_delta,
-                  ref=model_id)
-        ws.charge(source, eps_sgd, delta - delta_pre, f"dp-sgd-opacus-{accountant}", f"{what or 'train'} {model_id}: "
-                  f"discriminator DP-SGD (target)", pv.source_budget_epsilon, pv.source_budget_delta, ref=model_id)
-    except BudgetExceeded as exc:
-        raise ToolInputError(str(exc)) from None
+    # 2) Charge the full target, as two ledger lines, before loading any record. Both lines and the
+    #    run record go in ONE transaction: all or nothing, so a concurrent charge cannot orphan half.
     params = {"source": source, "epsilon": epsilon, "delta": delta, "conditions": conds, "epochs": epochs,
               "accountant": accountant, "seed": seed, "model_id": model_id}
-    ws.insert("runs", {"id": run_id, "kind": "train", "started_at": now_iso(), "status": "running",
-                       "session": deps.session.name, "params_json": params})
+    # The same split the engine uses: with Gaussian per-column tables, half of delta goes to them
+    # (charged even if the engine ends up releasing no table: overcharging is safe, undercharging is not).
+    ts = settings.training
+    gaussian = ts.marginal_weight > 0 and ts.marginal_mechanism == "gaussian" and eps_pre > 0
+    delta_pre = delta * 0.5 if gaussian else 0.0
+    mech_pre = "laplace-histogram+gaussian-marginals" if gaussian else (
+        "laplace-histogram+laplace-marginals" if ts.marginal_weight > 0 else "laplace-histogram")
+    lines = [
+        {"epsilon": eps_pre, "delta": delta_pre, "mechanism": mech_pre,
+         "what": f"{what or 'train'} {model_id}: DP frequencies of the conditioning columns and per-column tables"},
+        {"epsilon": eps_sgd, "delta": delta - delta_pre, "mechanism": f"dp-sgd-opacus-{accountant}",
+         "what": f"{what or 'train'} {model_id}: discriminator DP-SGD (target)"},
+    ]
+    try:
+        ws.charge_many(source, lines, pv.source_budget_epsilon, pv.source_budget_delta, ref=model_id,
+                       run={"id": run_id, "kind": "train", "started_at": now_iso(), "status": "running",
+                            "session": deps.session.name, "params_json": params})
+    except BudgetExceeded as exc:
+        raise ToolInputError(str(exc)) from None
     model_dir = ws.models_dir / model_id
     t0 = time.perf_counter()
     try:
@@ -147,7 +151,7 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
                  "n_holdout": len(holdout), "train_seconds": round(seconds, 2),
                  "ledger": {"epsilon": epsilon, "delta": delta, "note": "the full target was charged before training"}}
         model.save(model_dir, extra_manifest=extra)
-        quality = _quality_hook(model, train, holdout, schema, conds, model_dir)
+        quality = _custodian_view(deps, source, _quality_hook(model, train, holdout, schema, conds, model_dir))
         manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
         record = {"id": model_id, "source": source, "created_at": now_iso(), "path": str(model_dir),
                   "epsilon": model.epsilon, "delta": model.delta, "accountant": accountant, "seed": seed,
@@ -168,6 +172,23 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
     ws.update_run(run_id, "ok", summary)
     deps.session.last_model = model_id
     return {"record": record, "summary": summary, "model": model, "run_id": run_id}
+
+
+def _custodian_view(deps: Deps, source: str, quality: dict | None) -> dict | None:
+    """What of the custodian report the answer may carry: where it is, always; its flags (which quote
+    non-private statistics of the real records) only when the user is the source's custodian."""
+    if quality is None:
+        return None
+    from synthehr.tools.engines.quality import CUSTODIAN_WARNING, custodian_allowed
+
+    allowed = custodian_allowed(deps, source)
+    view: dict[str, Any] = {"custodian_report": quality.get("dir"), "warning": CUSTODIAN_WARNING, "shown": allowed}
+    if allowed:
+        view.update({k: v for k, v in quality.items() if k != "dir"})
+    else:
+        view["note"] = ("withheld: privacy.custodian_reports is false for this source; the data custodian can read "
+                        "it with synthehr report after setting it to true")
+    return view
 
 
 def _quality_hook(model: Any, train: Any, holdout: Any, schema: SourceSchema, conds: list[str], model_dir: Any) -> dict | None:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 
 from synthehr import __version__
-from synthehr.agent.cli import ask, generate, knowledge, stats, tools_list, web
+from synthehr.agent.cli import ask, budget, generate, knowledge, stats, tools_list, web
 from synthehr.agent.cli.common import CTX, deps, print_json
 
 app = typer.Typer(
@@ -111,7 +111,7 @@ def sources_add(
 
 
 def _load_feature_commands() -> None:
-    for module in (ask, web, knowledge, stats, generate, tools_list):
+    for module in (ask, web, knowledge, stats, generate, budget, tools_list):
         module.register(app)
 
 

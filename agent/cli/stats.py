@@ -123,9 +123,11 @@ def report_cmd(
     session: str = typer.Option("default", "--session", help="Conversation session whose last data set 'last' means."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Quality report of a trained model: fidelity, utility (TSTR/TRTR), privacy attacks and clinical validity.
+    """Custodian report of a trained model: fidelity, utility (TSTR/TRTR), privacy attacks and clinical validity.
 
-    Shows models/<id>/quality.md (building it when missing). Aggregates only: no real record is shown.
+    Shows models/<id>/quality.md (building it when missing). Aggregates only, but computed on real records
+    WITHOUT differential privacy: for the data custodian, not for sharing. Refused unless
+    privacy.custodian_reports allows it for the model's source (default: built-in public sources only).
     """
     from synthehr.agent.cli import common as cli
     from synthehr.tools.engines.quality import report_for
@@ -140,8 +142,9 @@ def report_cmd(
     console = Console()
     rep = out["report"]
     s = rep["summary"]
-    console.print(f"[bold]Quality report of model {out['model_id']}[/bold]" + (f" (data set {out['dataset_id']})" if out["dataset_id"] else "")
+    console.print(f"[bold]Custodian report of model {out['model_id']}[/bold]" + (f" (data set {out['dataset_id']})" if out["dataset_id"] else "")
                   + (" - built now" if out["built"] else ""))
+    console.print(f"[bold red]This report {out['warning']}.[/bold red]")
     t = Table("area", "metric", "value", "ideal")
     rows = [
         ("privacy", "epsilon / delta (accountant)", f"{_n(s['epsilon'], 3)} / {s['delta'] if s['delta'] is not None else '-'} ({s['accountant'] or '-'})", "small"),

@@ -18,6 +18,13 @@ What it measures (knowledge/methods/evaluation-metrics.md explains each):
 
 The report holds aggregates only: no real row, no real minimum or maximum, and every count of
 real records from 1 to 9 is suppressed ("<10"). `flags` names the problems found.
+
+It is a CUSTODIAN REPORT: its aggregates are computed on real records without differential privacy
+and are never charged to the ledger, so they are for the data custodian, not for sharing. It is
+written under the model folder (models/<id>/), never into a data set folder; `synthehr report`, the
+agent and the data card show it only when `custodian_allowed` (privacy.custodian_reports; by default
+true only for built-in public sources). What a data set's card may show instead is `dp_fidelity`:
+the synthetic records against the DP-released frequencies the model stores (post-processing, free).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from synthehr.tools.store.schema import Column, ColumnType, SourceSchema
 from synthehr.tools.store.workspace import atomic_write_text, now_iso
 
 REPORT_VERSION = 1
+AUDIENCE = "data custodian"
+CUSTODIAN_WARNING = "contains non-private statistics of the real data - for the data custodian, not for sharing"
 MIN_CELL = 10
 # Flag thresholds.
 MIA_AUC_FLAG = 0.6
@@ -628,6 +637,9 @@ def _build(real_train: pd.DataFrame, real_holdout: pd.DataFrame, synthetic: pd.D
     clin = clinical_validity(holdout, synth, cols, schema, profile, cohort, min_cell)
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
+        "kind": "custodian report",
+        "audience": AUDIENCE,
+        "warning": CUSTODIAN_WARNING,
         "created_at": now_iso(),
         "source": schema.name,
         "condition": getattr(profile, "id", None),
@@ -744,7 +756,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     def g(v: Any, fmt: str = ".3f") -> str:
         return "n/a" if v is None else (format(v, fmt) if isinstance(v, (int, float)) else str(v))
 
-    L = [f"# Quality report: synthetic vs real ({report['source']})", ""]
+    L = [f"# Custodian report: synthetic vs real ({report['source']})", "",
+         f"**{report.get('warning', CUSTODIAN_WARNING)}.** The figures below are computed on real records without "
+         "differential privacy and are not charged to the privacy ledger; do not copy them into a shared data set.", ""]
     L.append(f"Created {report['created_at']}. Records: training {report['sizes']['train']}, held out "
              f"{report['sizes']['holdout']}, synthetic {report['sizes']['synthetic']}. "
              f"Columns compared: {len(report['columns_compared'])}.")
@@ -923,6 +937,7 @@ def report_for(deps: Any, model_or_dataset_id: str, rebuild: bool = False) -> di
     dataset_id, dir, built, report, text, files}.
     """
     model, ds_id = resolve_model(deps, model_or_dataset_id)
+    require_custodian(deps, model["source"], model["id"])
     mdir = _model_dir(deps, model)
     qfile = mdir / "quality.json"
     built = False
@@ -933,4 +948,92 @@ def report_for(deps: Any, model_or_dataset_id: str, rebuild: bool = False) -> di
         built = True
     files = [str(mdir / f) for f in report.get("files", []) if (mdir / f).is_file()]
     return {"model_id": model["id"], "dataset_id": ds_id, "dir": str(mdir), "built": built, "report": report,
-            "text": headline(report), "files": files}
+            "text": headline(report), "files": files, "kind": "custodian report", "warning": CUSTODIAN_WARNING}
+
+
+# ---- who may see it ----------------------------------------------------------------------------
+def custodian_allowed(deps: Any, source: str) -> bool:
+    """Whether the configured user is the custodian of `source` (may see its custodian reports).
+
+    privacy.custodian_reports true/false decides for every source; null (the default) means true for
+    built-in public sources (their records are public already) and false for registered user sources."""
+    setting = deps.settings.privacy.custodian_reports
+    if setting is not None:
+        return bool(setting)
+    try:
+        return bool(deps.catalog.is_builtin(source))
+    except Exception:  # noqa: BLE001 - an unknown source is not a built-in public one
+        return False
+
+
+def require_custodian(deps: Any, source: str, model_id: str) -> None:
+    if not custodian_allowed(deps, source):
+        raise ToolInputError(
+            f"the quality report of model '{model_id}' is a custodian report: it contains non-private statistics of "
+            f"the real records of '{source}', so it is shown only to the data custodian; if you are the custodian, set "
+            "privacy.custodian_reports: true in your configuration (the data set's card shows DP fidelity instead)"
+        )
+
+
+# ---- fidelity against DP-released facts (shareable) --------------------------------------------
+def dp_fidelity(model: Any, frame: pd.DataFrame, fixed: Mapping[str, Any] | None = None,
+                proportions: Any = None) -> dict[str, Any]:
+    """Fidelity of a synthetic data set against the DP-released facts its model stores: for each
+    conditioning column in `frame`, the synthetic shares vs the shares of the model's noisy joint
+    histogram (restricted to the cells of the `fixed` values), and 1 - TVD between them.
+
+    Pure post-processing of DP releases: no real record is read and nothing is charged, so the
+    result may go on a shareable data card. Columns fixed by the cohort definition or set by requested
+    proportions are listed, not scored. Filters on other columns shift the synthetic shares away from
+    the source population, so a lower score can reflect the cohort, not the model."""
+    from synthehr.tools.engines.dpgan.encoding import MISSING
+
+    enc = model.encoder
+    hist = np.asarray(model.cond_hist, dtype=float)
+    blocks = list(enc.cond_blocks)
+    fixed = dict(fixed or {})
+    prop_text = json.dumps(proportions, default=str) if proportions else ""
+    sl: list[Any] = [slice(None)] * len(blocks)
+    for j, b in enumerate(blocks):
+        if b.name in fixed:
+            try:
+                sl[j] = enc.cond_code(b.name, fixed[b.name])
+            except Exception:  # noqa: BLE001 - a value the encoder does not know: leave the axis whole
+                pass
+    sub = hist[tuple(sl)] if blocks else hist
+    kept = [b for j, b in enumerate(blocks) if not isinstance(sl[j], (int, np.integer))]
+    columns: dict[str, Any] = {}
+    scores: list[float] = []
+    for j, b in enumerate(kept):
+        if b.name not in frame.columns:
+            continue
+        if b.name in prop_text:
+            columns[b.name] = {"scored": False, "reason": "shares set by the requested proportions"}
+            continue
+        other = tuple(i for i in range(len(kept)) if i != j)
+        ref = np.clip(sub.sum(axis=other) if other else sub, 0, None)
+        if ref.sum() <= 0:
+            columns[b.name] = {"scored": False, "reason": "the DP histogram has no mass in these cells"}
+            continue
+        ref = ref / ref.sum()
+        codes = enc.discrete_codes(frame[b.name], b)
+        syn = np.bincount(codes, minlength=b.width).astype(float)
+        syn = syn / syn.sum() if syn.sum() > 0 else syn
+        score = 1.0 - 0.5 * float(np.abs(syn - ref).sum())
+        labels = ["missing" if c == MISSING else c for c in b.categories]
+        columns[b.name] = {"scored": True, "tvd_complement": round(score, 4),
+                           "synthetic_share": {k: round(float(v), 4) for k, v in zip(labels, syn)},
+                           "dp_reference_share": {k: round(float(v), 4) for k, v in zip(labels, ref)}}
+        scores.append(score)
+    for b in blocks:
+        if b.name in fixed and b.name not in columns:
+            columns[b.name] = {"scored": False, "reason": f"fixed by the cohort definition ({b.name} = {fixed[b.name]})"}
+    return {
+        "reference": "the model's DP-released joint frequencies of its conditioning columns (as the model stores them), "
+                     "restricted to the cohort's fixed values",
+        "privacy_cost": "none: post-processing of DP releases; no real record is read",
+        "mean_tvd_complement": round(float(np.mean(scores)), 4) if scores else None,
+        "columns": columns,
+        "note": "1 = the synthetic shares equal the DP-released shares; filters on other columns change the "
+                "synthetic shares on purpose.",
+    }

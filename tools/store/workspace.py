@@ -285,6 +285,62 @@ class Workspace:
             )
         return Charge(source, at, float(epsilon), float(delta), mechanism, what, ref)
 
+    def charge_many(
+        self,
+        source: str,
+        lines: list[dict[str, Any]],
+        budget_epsilon: float,
+        budget_delta: float,
+        ref: str | None = None,
+        run: dict[str, Any] | None = None,
+    ) -> list[Charge]:
+        """Record several charges of one release (e.g. the two parts of a training) in ONE transaction.
+
+        Either every line is recorded or none: the budget check covers their sum, so a concurrent
+        charge can never slip in between them and leave half a training charged. `lines` are dicts
+        with epsilon, delta, mechanism and what. `run`, when given, is a runs-table record inserted
+        in the same transaction (its charges are then never without a run that says what became of it).
+        """
+        if not lines:
+            raise ValueError("charge_many needs at least one line")
+        for ln in lines:
+            if float(ln["epsilon"]) < 0 or float(ln["delta"]) < 0:
+                raise ValueError("a privacy charge cannot be negative")
+        eps = sum(float(ln["epsilon"]) for ln in lines)
+        delta = sum(float(ln["delta"]) for ln in lines)
+        at = now_iso()
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM ledger WHERE source = ?", (source,)
+            ).fetchone()
+            _check(source, eps, delta, float(row[0]), float(row[1]), budget_epsilon, budget_delta)
+            for ln in lines:
+                conn.execute(
+                    "INSERT INTO ledger (source, at, epsilon, delta, mechanism, what, ref) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (source, at, float(ln["epsilon"]), float(ln["delta"]), str(ln["mechanism"]), str(ln["what"]), ref),
+                )
+            if run is not None:
+                self._insert_in(conn, "runs", run)
+        return [Charge(source, at, float(ln["epsilon"]), float(ln["delta"]), str(ln["mechanism"]), str(ln["what"]), ref)
+                for ln in lines]
+
+    def ledger(self, source: str | None = None) -> list[dict[str, Any]]:
+        """Every charge with the run that made it (run id, kind, status; None when no run is recorded).
+
+        A charge is linked to the run whose params name the charge's ref as model_id (training runs);
+        a run that failed keeps its charge: the budget was spent once the mechanism could see the data.
+        """
+        q = ("SELECT l.id AS id, l.source AS source, l.at AS at, l.epsilon AS epsilon, l.delta AS delta, "
+             "l.mechanism AS mechanism, l.what AS what, l.ref AS ref, r.id AS run_id, r.kind AS run_kind, "
+             "r.status AS status, r.started_at AS run_started_at, r.finished_at AS run_finished_at "
+             "FROM ledger l LEFT JOIN runs r ON l.ref IS NOT NULL AND r.kind = 'train' AND "
+             "json_valid(r.params_json) AND json_extract(r.params_json, '$.model_id') = l.ref")
+        args: tuple[Any, ...] = ()
+        if source is not None:
+            q += " WHERE l.source = ?"
+            args = (source,)
+        return self.query(q + " ORDER BY l.id", args)
+
     def charges(self, source: str | None = None) -> list[Charge]:
         q = "SELECT source, at, epsilon, delta, mechanism, what, ref FROM ledger"
         args: tuple[Any, ...] = ()
@@ -298,14 +354,16 @@ class Workspace:
     # ---- records ------------------------------------------------------------------------------
     def insert(self, table: str, record: dict[str, Any]) -> None:
         """Insert one record (dict values are stored as JSON) in its own transaction."""
+        with self.transaction() as conn:
+            self._insert_in(conn, table, record)
+
+    def _insert_in(self, conn: sqlite3.Connection, table: str, record: dict[str, Any]) -> None:
+        """Insert one record inside an open transaction (every insert goes through here, charge_many's run too)."""
         if table not in {"sources", "models", "runs", "datasets"}:
             raise ValueError(f"unknown table {table}")
         cols = list(record)
         values = [json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for v in record.values()]
-        with self.transaction() as conn:
-            conn.execute(
-                f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", values
-            )
+        conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", values)
 
     def update_run(self, run_id: str, status: str, result: dict[str, Any]) -> None:
         with self.transaction() as conn:
