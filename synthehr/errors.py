@@ -41,6 +41,15 @@ class DamagedArtifactError(WorkspaceError):
     silently replaced: the message names it, what is wrong and how to remove it."""
 
 
+def require_request(text: object) -> str:
+    """The request stripped; an empty or whitespace-only one raises EmptyRequestError before any model runs."""
+    stripped = text.strip() if isinstance(text, str) else ""
+    if not stripped:
+        raise EmptyRequestError('the request is empty; say what you want, e.g. "generate 500 type 2 diabetes '
+                                'patients based on the US population"')
+    return stripped
+
+
 # sqlite3.DatabaseError messages that mean the file itself is damaged (not a query bug).
 _CORRUPT_MARKERS = ("malformed", "not a database", "disk image", "file is encrypted", "database corrupt",
                     "unable to open database", "disk i/o error", "readonly database")
@@ -128,4 +137,4 @@ def user_message(exc: BaseException) -> str | None:
 
 
 __all__ = ["SynthehrError", "UserError", "ToolInputError", "EmptyRequestError", "WorkspaceError",
-           "DamagedArtifactError", "is_database_damage", "user_message"]
+           "DamagedArtifactError", "is_database_damage", "require_request", "user_message"]

@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         if isinstance(exc, SystemExit):
             raise
+        if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+            typer.echo(exc.ctx.get_help())  # `synthehr` alone (or a group alone) shows its help
+            return
         message = user_message(exc)
         if message is not None:
             typer.echo(f"error: {message}", err=True)
