@@ -87,6 +87,19 @@ def check_dataset(row: dict[str, Any]) -> str | None:
     return None
 
 
+def check_source_schema(row: dict[str, Any]) -> str | None:
+    from pydantic import ValidationError
+
+    from synthehr.tools.store.schema import SourceSchema
+
+    try:
+        SourceSchema.model_validate_json(row["schema_json"])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return f"its stored metadata is invalid ({'.'.join(map(str, err['loc']))}: {err['msg']})"
+    return None
+
+
 def check_source(catalog: Any, row: dict[str, Any]) -> str | None:
     import pandas as pd
 
@@ -135,8 +148,17 @@ def remove_artifact(ws: Any, ident: str) -> str:
             conn.execute(f"DELETE FROM {table} WHERE id = ?", (ident,))
         kind = "model" if table == "models" else "data set"
         return f"removed {kind} {ident} (folder and record; its privacy charges stay in the ledger)"
-    known = [r["id"] for r in ws.query("SELECT id FROM models UNION ALL SELECT id FROM datasets")]
-    raise UserError(f"no model or data set '{ident}' in this workspace; known: {', '.join(known[-10:]) or '(none)'}")
+    row = ws.get("sources", "name", ident)
+    if row is not None and row["kind"] == "user":
+        folder = ws.sources_dir / ident
+        if ws.contains(folder) and folder != ws.sources_dir:
+            shutil.rmtree(folder, ignore_errors=True)
+        with ws.transaction() as conn:
+            conn.execute("DELETE FROM sources WHERE name = ?", (ident,))
+        return f"removed source {ident} (file and record; its privacy charges stay in the ledger)"
+    known = [r["id"] for r in ws.query("SELECT id FROM models UNION ALL SELECT id FROM datasets "
+                                       "UNION ALL SELECT name FROM sources WHERE kind = 'user'")]
+    raise UserError(f"no model, data set or user source '{ident}' in this workspace; known: {', '.join(known[-10:]) or '(none)'}")
 
 
 def run_doctor(root: Path, remove: list[str] | None = None) -> dict[str, Any]:
@@ -180,10 +202,10 @@ def run_doctor(root: Path, remove: list[str] | None = None) -> dict[str, Any]:
                                       f"`synthehr doctor --remove {row['id']}`")
     for row in ws.query("SELECT * FROM sources WHERE kind = 'user' ORDER BY name"):
         checked["sources"] += 1
-        what = check_source(None, row)
+        what = check_source_schema(row) or check_source(None, row)
         if what:
-            report["problems"].append(f"source {row['name']} is damaged: {what}; register the file again under a "
-                                      "new name")
+            report["problems"].append(f"source {row['name']} is damaged: {what}; remove it with "
+                                      f"`synthehr doctor --remove {row['name']}` and register it again")
     report["checked"] = checked
     report["ok"] = not report["problems"]
     return report
@@ -192,7 +214,7 @@ def run_doctor(root: Path, remove: list[str] | None = None) -> dict[str, Any]:
 def register(app: typer.Typer) -> None:
     @app.command("doctor")
     def doctor(
-        remove: Optional[list[str]] = typer.Option(None, "--remove", help="Delete a damaged model or data set by id "
+        remove: Optional[list[str]] = typer.Option(None, "--remove", help="Delete a damaged model, data set or user source by id "
                                                    "(repeatable). Its ledger charges stay spent."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     ) -> None:

@@ -112,11 +112,17 @@ def sources_add(
         typer.echo(f"registered '{schema.name}' with {len(schema.columns)} columns")
 
 
+_FEATURES_LOADED: list[bool] = []
+
+
 def _load_feature_commands() -> None:
+    if _FEATURES_LOADED:  # main() may run many times in one process (tests): register once
+        return
     from synthehr.agent.cli import doctor
 
     for module in (ask, web, knowledge, stats, generate, doctor):
         module.register(app)
+    _FEATURES_LOADED.append(True)
 
 
 def _debug_requested(argv: list[str] | None) -> bool:

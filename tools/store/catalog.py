@@ -53,7 +53,15 @@ class Catalog:
         row = self.workspace.get("sources", "name", name)
         if row is None:
             raise ToolInputError(f"unknown data source '{name}'; registered sources: {', '.join(self.names())}")
-        return SourceSchema.model_validate_json(row["schema_json"])
+        try:
+            return SourceSchema.model_validate_json(row["schema_json"])
+        except ValidationError as exc:  # stored by an older, laxer synthehr (e.g. infinite bounds saved as null)
+            from synthehr.errors import WorkspaceError
+
+            err = exc.errors()[0]
+            raise WorkspaceError(
+                f"the stored metadata of source '{name}' is invalid ({'.'.join(map(str, err['loc']))}: {err['msg']}); "
+                f"remove it with `synthehr doctor --remove {name}` and register it again") from None
 
     def is_builtin(self, name: str) -> bool:
         return name in _builtin()
