@@ -130,8 +130,7 @@ def user_message(exc: BaseException) -> str | None:
                          "or restore synthehr.db from a backup")
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         what = {FileNotFoundError: "file not found", IsADirectoryError: "is a folder, not a file",
-                NotADirectoryError: "not a folder", PermissionError: "permission denied"}[type(exc)] \
-            if type(exc) in (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) else exc.strerror
+                NotADirectoryError: "not a folder", PermissionError: "permission denied"}.get(type(exc), exc.strerror)
         return _one_line(f"{what}: {exc.filename}" if exc.filename else f"{what} ({exc.strerror})")
     return None
 

@@ -203,7 +203,7 @@ def test_user_message_covers_both_click_copies_and_library_errors() -> None:
         M(n="x")
     except ValidationError as exc:
         assert user_message(exc).startswith("n: ")
-    assert "UTF-8" in user_message(b"\xff".decode("utf-8", "strict") if False else UnicodeDecodeError("utf-8", b"\xff", 0, 1, "x"))
+    assert "UTF-8" in user_message(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
     assert "damaged" in user_message(sqlite3.DatabaseError("file is not a database"))
     assert user_message(sqlite3.OperationalError("no such column: x")) is None  # a query bug stays a bug
     assert "file not found" in user_message(FileNotFoundError(2, "No such file", "/x/y"))
