@@ -674,6 +674,9 @@ def run_turn(
     embedding router when it loads), None (no router) or a Router. History and tool state are saved
     in the workspace's sessions table after the turn.
     """
+    from synthehr.errors import require_request
+
+    require_request(text)  # an empty request never reaches a model (router or LLM)
     registry = registry if registry is not None else _default_registry()
     if router == "auto":
         from synthehr.agent.router import default_router

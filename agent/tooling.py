@@ -141,6 +141,13 @@ def to_langchain_tool(spec: ToolSpec, deps: "Deps") -> "StructuredTool":
             result = spec.run(deps, kwargs)
         except user_errors as exc:
             raise ToolException(str(exc)) from exc
+        except Exception as exc:  # the one mapping (synthehr.errors.user_message): fixable -> observation, bug -> raise
+            from synthehr.errors import user_message
+
+            message = user_message(exc)
+            if message is None:
+                raise
+            raise ToolException(message) from exc
         if not isinstance(result, ToolResult):  # pragma: no cover - contract violation is a bug
             raise TypeError(f"tool {spec.name} returned {type(result).__name__}, not ToolResult")
         return result.text, result

@@ -69,7 +69,7 @@ def resolve_profile(condition: str) -> Any:
     from synthehr.tools.store.profiles import ProfileNotFound, load_profiles, resolve_condition
 
     try:
-        return resolve_condition(condition, load_profiles())
+        return resolve_condition(condition, load_profiles(), strict=True)
     except ProfileNotFound as exc:
         raise ToolInputError(str(exc)) from None
 
@@ -227,12 +227,20 @@ def map_observations(profile: Any, schema: SourceSchema, observations: int | lis
 
 # ---- models -------------------------------------------------------------------------------
 def find_model(deps: Deps, source: str, conditions: list[str], epsilon: float | None) -> Any | None:
-    """A saved model for this source (same content hash) whose conditions cover `conditions` and epsilon <= asked."""
+    """A saved model for this source (same content hash) whose conditions cover `conditions` and epsilon <= asked.
+
+    A fitting model that fails its checks (missing or truncated weights, edited manifest) is NEVER
+    skipped silently - that would train and charge the ledger again: when no intact fitting model
+    exists, DamagedArtifactError names the damaged one, what is wrong and how to remove it. A model
+    made for another version of the source (content hash or schema changed) is simply not a fit.
+    """
+    from synthehr.errors import DamagedArtifactError
     from synthehr.tools.engines.dpgan import ModelLoadError, TrainedGenerator
 
     chash = deps.catalog.content_hash(source)
     schema = deps.catalog.get(source)
     rows = deps.workspace.query("SELECT * FROM models WHERE source = ? ORDER BY created_at DESC, rowid DESC", (source,))
+    damaged: list[tuple[str, str]] = []
     for row in rows:
         conds = json.loads(row["conditions_json"] or "[]")
         if not set(conditions) <= set(conds):
@@ -244,9 +252,21 @@ def find_model(deps: Deps, source: str, conditions: list[str], epsilon: float | 
             continue
         try:
             model = TrainedGenerator.load(row["path"], expected_schema=schema)
-        except (ModelLoadError, FileNotFoundError, KeyError, ValueError):
+        except ModelLoadError as exc:
+            if "different schema" in str(exc):
+                continue  # made for an older schema of the source: not a fit, not damage
+            damaged.append((row["id"], str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - unreadable weights (e.g. truncated safetensors) are damage
+            damaged.append((row["id"], f"{row['path']}: cannot be read ({type(exc).__name__})"))
             continue
         return row["id"], model
+    if damaged:
+        model_id, what = damaged[0]
+        raise DamagedArtifactError(
+            f"model {model_id} is damaged: {what}. It was not replaced (training again would spend privacy "
+            f"budget); remove it with `synthehr doctor --remove {model_id}`, then run the request again "
+            f"(a new model is then trained and charged), or train one explicitly with `synthehr train {source}`")
     return None
 
 
@@ -293,11 +313,17 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
     found = find_model(deps, source, conditions, args.epsilon)
     trained = False
     if found is None:
-        eps = args.epsilon or settings.privacy.target_epsilon
-        out = train_model(deps, source, eps, conditions=conditions, seed=seed, what=f"generate_cohort({profile.id})")
-        model_id, model = out["summary"]["model_id"], out["model"]
-        trained = True
-    else:
+        # Train under the workspace lock, checking again once it is held: two first `generate` runs at
+        # once train (and charge) one model; the second reuses it.
+        with deps.workspace.lock():
+            found = find_model(deps, source, conditions, args.epsilon)
+            if found is None:
+                eps = args.epsilon or settings.privacy.target_epsilon
+                out = train_model(deps, source, eps, conditions=conditions, seed=seed,
+                                  what=f"generate_cohort({profile.id})")
+                model_id, model = out["summary"]["model_id"], out["model"]
+                trained = True
+    if found is not None:
         model_id, model = found
     run_id = new_id("run")
     dataset_id = new_id("ds")

@@ -211,8 +211,9 @@ def _quality_hook(model: Any, train: Any, holdout: Any, schema: SourceSchema, co
 
 
 def train_generator(deps: Deps, args: TrainGeneratorArgs) -> ToolResult:
-    out = train_model(deps, args.source, args.epsilon, delta=args.delta, conditions=args.conditions,
-                      epochs=args.epochs, accountant=args.accountant, seed=args.seed)
+    with deps.workspace.lock():  # one training at a time per workspace (see generate_cohort)
+        out = train_model(deps, args.source, args.epsilon, delta=args.delta, conditions=args.conditions,
+                          epochs=args.epochs, accountant=args.accountant, seed=args.seed)
     s = out["summary"]
     text = (f"Trained model {s['model_id']} on {s['rows_trained']} records of {s['source']} "
             f"(conditioned on {', '.join(s['conditions']) or 'nothing'}): epsilon spent {s['epsilon']:.3g} of target "

@@ -118,7 +118,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from synthehr.agent.loop import run_turn
+        from synthehr.errors import require_request
 
+        require_request(text)  # before the language model is loaded
         console = Console(stderr=as_json)
         d = build_cli_deps(session=session, progress=RichProgress(console))
         llm = _backend(d, console)

@@ -13,6 +13,7 @@ class Ctx:
     """Options shared by every command (set by the top-level callback)."""
 
     config: Optional[Path] = None
+    debug: bool = False
 
 
 CTX = Ctx()

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 
 from synthehr import __version__
-from synthehr.agent.cli import ask, budget, generate, knowledge, stats, tools_list, web
+from synthehr.agent.cli import ask, budget, doctor, generate, knowledge, stats, tools_list, web
 from synthehr.agent.cli.common import CTX, deps, print_json
 
 app = typer.Typer(
@@ -43,8 +43,10 @@ def _version(value: bool) -> None:
 def _root(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="User configuration file (YAML).", envvar="SYNTHEHR_CONFIG"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="On an internal error, show the full traceback.", envvar="SYNTHEHR_DEBUG"),
 ) -> None:
     CTX.config = config
+    CTX.debug = debug
 
 
 # ---- sources --------------------------------------------------------------------------------------
@@ -110,38 +112,80 @@ def sources_add(
         typer.echo(f"registered '{schema.name}' with {len(schema.columns)} columns")
 
 
+_FEATURES_LOADED: list[bool] = []
+
+
 def _load_feature_commands() -> None:
-    for module in (ask, web, knowledge, stats, generate, budget, tools_list):
+    if _FEATURES_LOADED:  # main() may run many times in one process (tests): register once
+        return
+    for module in (ask, web, knowledge, stats, generate, budget, doctor, tools_list):
         module.register(app)
+    _FEATURES_LOADED.append(True)
+
+
+def _debug_requested(argv: list[str] | None) -> bool:
+    import os
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--debug" in args or CTX.debug:
+        return True
+    return os.environ.get("SYNTHEHR_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning user errors into one line on stderr (exit code 2)."""
-    from synthehr.tools.base import ToolInputError
-    from synthehr.configs.settings import ConfigError
-    from synthehr.tools.store.workspace import BudgetExceeded
+    """Entry point: the one place that turns a failure into what the user sees.
 
+    A failure the user can fix (synthehr.errors.user_message: synthehr errors, validation and usage
+    errors of either click copy, non-UTF-8 files, a damaged database, missing files) prints ONE line on
+    stderr and exits 2. A bug exits 1 with one line; its traceback only with --debug (or SYNTHEHR_DEBUG=1).
+    """
+    from synthehr.errors import user_message
+
+    CTX.debug = False
     _load_feature_commands()
     try:
-        app(args=argv, standalone_mode=False)
-    except (ToolInputError, ConfigError, BudgetExceeded) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+        code = app(args=argv, standalone_mode=False)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
+    except BaseException as exc:  # noqa: BLE001 - the one mapping point
+        code = _exit_code_of(exc)
+        if code:
+            sys.exit(code)
+        if code == 0:
+            return
+        if isinstance(exc, SystemExit):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+            typer.echo(exc.ctx.get_help())  # `synthehr` alone (or a group alone) shows its help
+            return
+        message = user_message(exc)
+        if message is not None:
+            typer.echo(f"error: {message}", err=True)
+            sys.exit(2)
+        if _debug_requested(argv):
+            raise
+        typer.echo(f"internal error ({type(exc).__name__}); this is a bug. Rerun with --debug for the traceback.",
+                   err=True)
+        sys.exit(1)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _exit_code_of(exc: BaseException) -> int | None:
+    """Exit and Abort of either click copy (typer bundles its own): their exit code, else None."""
+    for mod_name in ("click.exceptions", "typer._click.exceptions"):
+        mod = sys.modules.get(mod_name)
+        if mod is None:
+            continue
+        if isinstance(exc, getattr(mod, "Exit", ())):
+            return int(getattr(exc, "exit_code", 0) or 0)
+        if isinstance(exc, getattr(mod, "Abort", ())):
+            typer.echo("aborted", err=True)
+            return 130
+    if isinstance(exc, (typer.Exit,)):
+        return int(getattr(exc, "exit_code", 0) or 0)
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

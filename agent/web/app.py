@@ -1231,7 +1231,14 @@ async def _turn_stream(state: WebState, ctl: TurnControl, text: str, request: An
                   "training_started": ctl.running_tool is not None and ctl.training_started})
         except _user_error_types() as exc:
             emit({"type": "error", "text": str(exc)})
-        except Exception as exc:  # a bug: log it on the server; the page gets no internals (no data rows)
+        except Exception as exc:  # noqa: BLE001 - the one mapping (synthehr.errors.user_message)
+            from synthehr.errors import user_message
+
+            message = user_message(exc)
+            if message is not None:
+                emit({"type": "error", "text": message})
+                return
+            # a bug: log it on the server; the page gets no internals (no data rows)
             log.error("turn failed: %s\n%s", type(exc).__name__, traceback.format_exc())
             emit({"type": "error", "text": f"Something went wrong ({type(exc).__name__}); the server log has details."})
         finally:

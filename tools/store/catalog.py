@@ -53,7 +53,15 @@ class Catalog:
         row = self.workspace.get("sources", "name", name)
         if row is None:
             raise ToolInputError(f"unknown data source '{name}'; registered sources: {', '.join(self.names())}")
-        return SourceSchema.model_validate_json(row["schema_json"])
+        try:
+            return SourceSchema.model_validate_json(row["schema_json"])
+        except ValidationError as exc:  # stored by an older, laxer synthehr (e.g. infinite bounds saved as null)
+            from synthehr.errors import WorkspaceError
+
+            err = exc.errors()[0]
+            raise WorkspaceError(
+                f"the stored metadata of source '{name}' is invalid ({'.'.join(map(str, err['loc']))}: {err['msg']}); "
+                f"remove it with `synthehr doctor --remove {name}` and register it again") from None
 
     def is_builtin(self, name: str) -> bool:
         return name in _builtin()
@@ -130,28 +138,74 @@ class Catalog:
         }
 
 
+_TOP_KEYS = ("meta", "columns", "condition_columns", "label_leakage")
+
+
 def read_meta(path: Path) -> SourceSchema:
+    """Read and strictly validate META.yaml: unknown keys are refused by name, bounds must be finite
+    with lower < upper, types and categories are checked. Raises SourceError naming the key or column."""
+    from synthehr.tools.store.schema import SourceMeta
+
+    path = Path(path)
     if not path.is_file():
         raise SourceError(f"{path}: metadata file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not UTF-8 text (byte at position {exc.start}); save it as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SourceError(f"{path}: not valid YAML ({exc})") from None
+        raise SourceError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(raw, dict) or "columns" not in raw:
         raise SourceError(f"{path}: expected a mapping with 'meta' (or provenance keys) and 'columns'")
-    meta = raw.get("meta") or {k: v for k, v in raw.items() if k not in {"columns", "condition_columns"}}
-    body = {"meta": meta, "columns": raw["columns"], "condition_columns": raw.get("condition_columns", [])}
+    bad = [str(k) for k in raw if not isinstance(k, str)]
+    if bad:
+        raise SourceError(f"{path}: keys must be text, got {', '.join(bad)}")
+    meta_keys = list(SourceMeta.model_fields)
+    if "meta" in raw:
+        unknown = [k for k in raw if k not in _TOP_KEYS]
+        if unknown:
+            raise SourceError(f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
+                              f"valid top-level keys: {', '.join(_TOP_KEYS)}")
+        meta = raw.get("meta")
+        if not isinstance(meta, dict):
+            raise SourceError(f"{path}: 'meta' must be a mapping of provenance keys ({', '.join(meta_keys)})")
+    else:
+        meta = {k: v for k, v in raw.items() if k not in _TOP_KEYS}
+    unknown = [str(k) for k in meta if k not in meta_keys]
+    if unknown:
+        raise SourceError(f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
+                          f"valid provenance keys: {', '.join(meta_keys)}")
+    if not isinstance(raw["columns"], list) or not raw["columns"]:
+        raise SourceError(f"{path}: 'columns' must be a non-empty list of column mappings")
+    col_keys = list(Column.model_fields)
+    for i, col in enumerate(raw["columns"]):
+        if not isinstance(col, dict):
+            raise SourceError(f"{path}: column #{i + 1} must be a mapping with keys such as name, type, lower, upper")
+        unknown = [str(k) for k in col if k not in col_keys]
+        if unknown:
+            raise SourceError(f"{path}: column '{col.get('name', f'#{i + 1}')}': unknown key(s) "
+                              f"{', '.join(repr(k) for k in unknown)}; valid keys: {', '.join(col_keys)}")
+    body = {"meta": meta, "columns": raw["columns"], "condition_columns": raw.get("condition_columns") or [],
+            "label_leakage": raw.get("label_leakage") or {}}
     try:
-        return SourceSchema.model_validate(body)
+        schema = SourceSchema.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = list(err["loc"])
         where = ".".join(str(p) for p in loc)
         if loc and loc[0] == "columns" and len(loc) > 1 and isinstance(loc[1], int):
             cols = raw["columns"]
-            cname = cols[loc[1]].get("name", f"#{loc[1]}") if isinstance(cols[loc[1]], dict) else f"#{loc[1]}"
+            cname = cols[loc[1]].get("name", f"#{loc[1] + 1}") if isinstance(cols[loc[1]], dict) else f"#{loc[1] + 1}"
             where = f"column '{cname}'" + (f" field '{loc[2]}'" if len(loc) > 2 else "")
-        raise SourceError(f"{path}: {where}: {err['msg']}") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise SourceError(f"{path}: {where + ': ' if where else ''}{msg}") from None
+    try:  # what is stored must read back (e.g. no bound that JSON cannot hold)
+        SourceSchema.model_validate_json(schema.model_dump_json())
+    except ValidationError as exc:
+        raise SourceError(f"{path}: the metadata does not survive storage ({exc.errors()[0]['msg']})") from None
+    return schema
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -36,6 +36,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from synthehr.errors import ToolInputError
+
 __all__ = [
     "DOCUMENT_KINDS",
     "Cohort",
@@ -77,14 +79,17 @@ class ProfileError(ValueError):
         super().__init__(f"{self.file}: key '{key}': {problem}")
 
 
-class ProfileNotFound(ValueError):
-    """No condition profile matches the text; the message lists the valid conditions."""
+class ProfileNotFound(ToolInputError):
+    """No condition profile matches the text; the message lists the supported conditions and, for a
+    real condition the sources cannot identify (type 1 diabetes), says why."""
 
-    def __init__(self, text: str, valid: Iterable[str]) -> None:
+    def __init__(self, text: str, valid: Iterable[str], reason: str | None = None) -> None:
         self.text = text
         self.valid = sorted(valid)
+        self.reason = reason
         listed = ", ".join(self.valid) if self.valid else "(none loaded)"
-        super().__init__(f"unknown condition {text!r}; valid conditions: {listed}")
+        head = reason if reason else f"unknown condition {text!r}"
+        super().__init__(f"{head}; valid conditions: {listed}")
 
 
 class _Strict(BaseModel):
@@ -389,32 +394,97 @@ def normalize_text(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
-def resolve_condition(text: str, profiles: Mapping[str, ConditionProfile] | None = None) -> ConditionProfile:
+# Real conditions the sources cannot identify, checked before any partial match so that "type 1
+# diabetes" never resolves to the type 2 profile through its alias "diabetes". Patterns run on
+# normalize_text output.
+_T1 = (r"(?:\btype (?:1|i|one)\b|\bt1\b)(?: \w+)? (?:diabetes|diabetic|diabetics|dm)\b|\bt1dm?\b|\biddm\b|"
+       r"\binsulin dependent diabetes\b|\bjuvenile(?: onset)? diabetes\b|\bdiabetes(?: mellitus)? type (?:1|i|one)\b|"
+       r"\bdm ?(?:type )?(?:1|i)\b|\bautoimmune diabetes\b|\blada\b")
+UNSUPPORTED_CONDITIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(_T1),
+     "cannot generate type 1 diabetes: NHANES records a doctor's diagnosis of diabetes and HbA1c, not the type of "
+     "diabetes, so type 1 (about 5 % of diabetes in the US) cannot be told apart from type 2; the type-2-diabetes "
+     "cohort is adults with diabetes of any type, 90-95 % of them type 2"),
+    (re.compile(r"\bgestational\b|\bgdm\b|\bdiabet\w* (?:in|during|of) pregnancy\b|\bpregnancy diabet"),
+     "cannot generate gestational diabetes: no registered source identifies diabetes in pregnancy"),
+    (re.compile(r"\bpre ?diabet\w*|\bimpaired (?:fasting glucose|glucose tolerance)\b"),
+     "cannot generate prediabetes: it is not one of the supported condition profiles"),
+    (re.compile(r"\btype (?!(?:2|ii|two)\b)(?:\d+|[ivx]+|[a-z]+) (?:diabetes|diabetic|diabetics|dm)\b|"
+                r"\bdiabetes(?: mellitus)? type (?!(?:2|ii|two)\b)\w+\b|\bmody\b|\bmonogenic diabetes\b"),
+     "this type of diabetes is not supported (only type 2 diabetes has a profile)"),
+)
+_NEGATIONS = frozenset({"no", "non", "not", "without", "never", "free", "absent", "absence", "negative", "except",
+                        "excluding", "exclude", "nondiabetic", "healthy"})
+# Words a strict condition argument may carry around the condition's name ("type 2 diabetes patients").
+_FILLER = frozenset({"a", "an", "the", "of", "with", "and", "for", "having", "who", "have", "has", "had",
+                     "patient", "patients", "people", "persons", "person", "adult", "adults", "individuals",
+                     "cohort", "cohorts", "record", "records", "ehr", "ehrs", "data", "synthetic", "cases",
+                     "subjects", "population", "diagnosed", "diagnosis", "condition", "disease", "us", "known"})
+
+
+def _unsupported(norm: str) -> str | None:
+    for pattern, reason in UNSUPPORTED_CONDITIONS:
+        if pattern.search(norm):
+            return reason
+    return None
+
+
+def resolve_condition(text: str, profiles: Mapping[str, ConditionProfile] | None = None, *,
+                      strict: bool = False) -> ConditionProfile:
     """Find the profile that ``text`` names: id, name or alias, case- and punctuation-insensitive.
 
-    Falls back to the longest id/name/alias of 3+ characters that occurs as whole words inside
-    ``text`` ("500 patients with type 2 diabetes"); two-letter aliases such as "hf" only match
-    exactly. Raises ProfileNotFound listing the valid ids.
+    Resolves exactly or not at all. A real condition no source can identify ("type 1 diabetes",
+    "gestational diabetes", "type 7 diabetes") is refused with the reason, even though it contains
+    an alias ("diabetes") of a supported profile; a negated mention ("no diabetes") never counts.
+    Otherwise a phrase of 3+ characters inside ``text`` is found, longest first ("500 patients with
+    type 2 diabetes"). With ``strict`` (a tool's condition argument) the words around that phrase
+    must be fillers such as "patients" or "with". Raises ProfileNotFound listing the valid ids.
     """
     if profiles is None:
         profiles = load_profiles()
-    norm = normalize_text(text)
-    if norm:
-        squashed = norm.replace(" ", "")
-        for profile in profiles.values():
-            for phrase in profile.names():
-                p = normalize_text(phrase)
-                if norm == p or squashed == p.replace(" ", ""):
-                    return profile
-        best: tuple[int, ConditionProfile] | None = None
-        padded = f" {norm} "
-        for profile in profiles.values():
-            for phrase in profile.names():
-                p = normalize_text(phrase)
-                if len(p) >= 3 and f" {p} " in padded and (best is None or len(p) > best[0]):
-                    best = (len(p), profile)
-        if best is not None:
-            return best[1]
+    norm = normalize_text(text or "")
+    if not norm:
+        raise ProfileNotFound(text, profiles.keys(), "no condition given")
+    squashed = norm.replace(" ", "")
+    for profile in profiles.values():
+        for phrase in profile.names():
+            p = normalize_text(phrase)
+            if norm == p or squashed == p.replace(" ", ""):
+                return profile
+    reason = _unsupported(norm)
+    if reason is not None:
+        raise ProfileNotFound(text, profiles.keys(), f"{reason} (asked for {text.strip()!r})")
+    words = norm.split()
+    best: tuple[int, ConditionProfile, int, int] | None = None
+    negated = False
+    for profile in profiles.values():
+        for phrase in profile.names():
+            pw = normalize_text(phrase).split()
+            if len(" ".join(pw)) < 3:
+                continue
+            for i in range(len(words) - len(pw) + 1):
+                if words[i:i + len(pw)] != pw:
+                    continue
+                before = words[max(0, i - 2):i]
+                if any(w in _NEGATIONS for w in before) or (before and before[-1] in {"of"} and
+                                                            any(w in _NEGATIONS for w in words[max(0, i - 3):i])):
+                    negated = True
+                    continue
+                size = len(" ".join(pw))
+                if best is None or size > best[0]:
+                    best = (size, profile, i, i + len(pw))
+    if best is not None:
+        _, profile, i, j = best
+        rest = [w for w in words[:i] + words[j:] if w not in _FILLER]
+        if not strict or not rest:
+            return profile
+        raise ProfileNotFound(text, profiles.keys(),
+                              f"cannot read the condition {text.strip()!r} exactly (it names {profile.id} plus "
+                              f"{' '.join(rest)!r}); give just the condition, and filters or shares separately")
+    if negated:
+        raise ProfileNotFound(text, profiles.keys(),
+                              f"{text.strip()!r} asks for people without a condition; a cohort is generated for a "
+                              "supported condition")
     raise ProfileNotFound(text, profiles.keys())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,6 +33,10 @@ class Column(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Column":
+        for bound in ("lower", "upper"):
+            value = getattr(self, bound)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"column '{self.name}': {bound} bound must be a finite number, not {value}")
         if self.type in (ColumnType.continuous, ColumnType.integer):
             if self.lower is None or self.upper is None:
                 raise ValueError(f"column '{self.name}': {self.type.value} columns need public lower and upper bounds")
@@ -39,7 +44,11 @@ class Column(BaseModel):
                 raise ValueError(f"column '{self.name}': lower bound {self.lower} must be below upper bound {self.upper}")
             if self.categories:
                 raise ValueError(f"column '{self.name}': a {self.type.value} column has no categories")
-        elif self.type is ColumnType.categorical:
+        elif self.lower is not None or self.upper is not None:
+            raise ValueError(f"column '{self.name}': a {self.type.value} column has no lower/upper bounds")
+        if self.type is ColumnType.categorical:
+            if any(not c.strip() for c in self.categories or []):
+                raise ValueError(f"column '{self.name}': categories must not be empty")
             if not self.categories or len(self.categories) < 2:
                 raise ValueError(f"column '{self.name}': a categorical column needs at least two categories")
             if len(set(self.categories)) != len(self.categories):

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from synthehr.errors import UserError
+from synthehr.errors import UserError, WorkspaceError, is_database_damage
 
 SCHEMA_VERSION = 1
 
@@ -93,6 +93,13 @@ _MIGRATIONS: list[str] = [
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
+# Columns that hold a file or folder of the workspace: stored relative to the root, returned absolute.
+_PATH_COLUMNS = {"models": "path", "datasets": "dir", "sources": "data_path"}
+_PATH_KEYS = frozenset(_PATH_COLUMNS.values())
+# Columns added in place (idempotently) so that a process that died mid-run can be recognised.
+_RUN_OWNER_COLUMNS = (("pid", "INTEGER"), ("host", "TEXT"), ("proc_start", "TEXT"))
+LOCK_FILE = "synthehr.lock"
+
 
 class BudgetExceeded(UserError):
     """A charge would take a source past its privacy budget. The message says what is left."""
@@ -158,12 +165,14 @@ class Charge:
 class Workspace:
     """A synthehr workspace rooted at `root`. Creating one makes the folders and migrates the database."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, recover: bool = True):
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         for d in (self.models_dir, self.datasets_dir, self.chroma_dir, self.sources_dir):
             d.mkdir(exist_ok=True)
         self._migrate()
+        if recover:
+            self.recover()
 
     # ---- layout -------------------------------------------------------------------------------
     @property
@@ -197,14 +206,27 @@ class Workspace:
     # ---- database -----------------------------------------------------------------------------
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        """A connection; an SQLite error that means a damaged file becomes a WorkspaceError naming the file."""
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
         conn.row_factory = sqlite3.Row
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA foreign_keys = ON")
             yield conn
+        except sqlite3.DatabaseError as exc:
+            if is_database_damage(exc):
+                raise self._damaged(exc) from exc
+            raise
         finally:
             conn.close()
+
+    def _damaged(self, exc: BaseException) -> WorkspaceError:
+        return WorkspaceError(
+            f"the workspace database {self.db_path} is damaged or unreadable ({exc}); run `synthehr doctor` "
+            f"to check it, then restore it from a backup or move it aside to start an empty workspace")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -240,6 +262,133 @@ class Workspace:
                     if statement.strip():
                         conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._add_run_owner_columns(conn)
+            self._relativize_paths(conn)
+
+    # ---- paths relative to the root (a moved or copied workspace keeps working) ----------------
+    def rel(self, path: Path | str | None) -> str | None:
+        """`path` as stored: relative to the root when inside the workspace, else unchanged."""
+        if path is None:
+            return None
+        p = Path(path)
+        if not p.is_absolute():
+            return p.as_posix()
+        try:
+            return p.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            try:
+                return p.relative_to(self.root).as_posix()
+            except ValueError:
+                return str(p)
+
+    def abs(self, stored: str | Path | None) -> Path | None:
+        """A stored path as an absolute path under this workspace's root."""
+        if stored is None or stored == "":
+            return None
+        p = Path(stored)
+        return p if p.is_absolute() else self.root / p
+
+    def _relativize_paths(self, conn: sqlite3.Connection) -> None:
+        """Rewrite absolute paths (written by older versions) relative to the root. A path under another
+        root - the workspace was moved or copied - is re-rooted by its tail (models/<id>, datasets/<id>,
+        sources/<name>/...), so the copy uses its own files, never the original's."""
+        for table, col in _PATH_COLUMNS.items():
+            key = "name" if table == "sources" else "id"
+            rows = conn.execute(f"SELECT {key}, {col} FROM {table} WHERE {col} LIKE '/%'").fetchall()
+            for row in rows:
+                old = str(row[1])
+                new = self.rel(old)
+                if new is None or Path(new).is_absolute():
+                    parts = Path(old).parts
+                    top = {"models": "models", "datasets": "datasets", "sources": "sources"}[table]
+                    if top in parts:
+                        i = len(parts) - 1 - parts[::-1].index(top)
+                        new = Path(*parts[i:]).as_posix()
+                    else:
+                        continue  # outside any workspace layout: leave it (doctor reports it)
+                conn.execute(f"UPDATE {table} SET {col} = ? WHERE {key} = ?", (new, row[0]))
+
+    # ---- who runs what (dead runs are marked failed at the next start) --------------------------
+    def _add_run_owner_columns(self, conn: sqlite3.Connection) -> None:
+        have = {r[1] for r in conn.execute("PRAGMA table_info(runs)").fetchall()}
+        for name, sql_type in _RUN_OWNER_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
+
+    def dead_runs(self) -> list[dict[str, Any]]:
+        """Runs marked `running` whose process, on this host, no longer exists (or is another process now)."""
+        host = _hostname()
+        out = []
+        for row in self.query("SELECT * FROM runs WHERE status = 'running' AND pid IS NOT NULL"):
+            if row.get("host") != host:
+                continue  # another machine's run (a shared folder): it cannot be checked from here
+            if not _process_alive(int(row["pid"]), row.get("proc_start")):
+                out.append(row)
+        return out
+
+    def recover(self) -> dict[str, list[str]]:
+        """Mark dead runs failed (their ledger charges stay spent) and remove what they left half-written:
+        a hidden data-set folder (.ds-*.tmp) or a model folder that was never recorded. Returns what it did."""
+        failed: list[str] = []
+        removed: list[str] = []
+        for row in self.dead_runs():
+            with self.transaction() as conn:
+                cur = conn.execute(
+                    "UPDATE runs SET status = 'failed', finished_at = ?, result_json = ? WHERE id = ? AND status = 'running'",
+                    (now_iso(), json.dumps({"error": "ProcessDied", "message": f"process {row['pid']} on {row.get('host')} "
+                                            "ended before the run finished; its privacy charge stays spent"}), row["id"]))
+            if cur.rowcount:
+                failed.append(str(row["id"]))
+        removed += self.remove_orphans()
+        return {"failed_runs": failed, "removed": removed}
+
+    def remove_orphans(self) -> list[str]:
+        """Remove hidden temporary data-set folders and unrecorded model folders no live run is writing."""
+        live = self.query("SELECT params_json FROM runs WHERE status = 'running'")
+        busy: set[str] = set()
+        for r in live:
+            try:
+                params = json.loads(r["params_json"] or "{}")
+            except ValueError:
+                continue
+            for k in ("dataset_id", "model_id"):
+                if params.get(k):
+                    busy.add(str(params[k]))
+        removed: list[str] = []
+        if self.datasets_dir.is_dir():
+            for p in self.datasets_dir.glob(".*.tmp"):
+                ident = p.name[1:-len(".tmp")]
+                if ident not in busy and p.is_dir():
+                    import shutil
+
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(self.rel(p) or str(p))
+        if self.models_dir.is_dir():
+            recorded = {r["id"] for r in self.query("SELECT id FROM models")}
+            for p in self.models_dir.iterdir():
+                if p.is_dir() and p.name not in recorded and p.name not in busy and p.name.startswith("model-"):
+                    import shutil
+
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(self.rel(p) or str(p))
+        return removed
+
+    # ---- one writer at a time for what charges the ledger -----------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the workspace (fcntl), held while deciding whether to train and training:
+        two first `generate` runs at once train one model, the second reuses it."""
+        import fcntl
+
+        fh = open(self.root / LOCK_FILE, "a+b")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield
+        finally:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                fh.close()
 
     def schema_version(self) -> int:
         with self.connect() as conn:
@@ -361,6 +510,12 @@ class Workspace:
         """Insert one record inside an open transaction (every insert goes through here, charge_many's run too)."""
         if table not in {"sources", "models", "runs", "datasets"}:
             raise ValueError(f"unknown table {table}")
+        record = dict(record)
+        col = _PATH_COLUMNS.get(table)
+        if col and record.get(col) is not None:
+            record[col] = self.rel(record[col])
+        if table == "runs" and record.get("status") == "running" and "pid" not in record:
+            record.update(pid=os.getpid(), host=_hostname(), proc_start=_process_start(os.getpid()))
         cols = list(record)
         values = [json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for v in record.values()]
         conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", values)
@@ -373,8 +528,14 @@ class Workspace:
             )
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts; stored workspace paths (models.path, datasets.dir, sources.data_path) come back absolute."""
         with self.connect() as conn:
-            return [dict(r) for r in conn.execute(sql, args).fetchall()]
+            rows = [dict(r) for r in conn.execute(sql, args).fetchall()]
+        for row in rows:
+            for key in _PATH_KEYS.intersection(row):
+                if isinstance(row[key], str) and row[key]:
+                    row[key] = str(self.abs(row[key]))
+        return rows
 
     def get(self, table: str, key: str, value: Any) -> dict[str, Any] | None:
         if table not in {"sources", "models", "runs", "datasets", "sessions"}:
@@ -417,3 +578,39 @@ def _check(source: str, eps: float, delta: float, spent_eps: float, spent_delta:
             f"spent epsilon={spent_eps:g} of {b_eps:g}, delta={spent_delta:.3g} of {b_delta:.3g}; "
             f"left epsilon={left_eps:g}, delta={left_delta:.3g}. Reuse a trained model or ask for a smaller epsilon."
         )
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), so a reused pid is not taken for the run's."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_alive(pid: int, proc_start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    if proc_start is not None:
+        now = _process_start(pid)
+        if now is not None and now != proc_start:
+            return False  # the pid was reused by another process
+    if Path(f"/proc/{pid}/stat").exists():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                return False  # a zombie: it has ended, only its parent has not collected it
+        except (OSError, IndexError):
+            pass
+    return True

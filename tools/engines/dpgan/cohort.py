@@ -165,15 +165,29 @@ def parse_proportions(spec: Mapping[str, Any] | Iterable[str] | None, schema: So
 
 
 def _share(val: Any, what: str) -> float:
+    """A share is a fraction from 0 to 1 (0.4) or a percentage written with '%' (40%); nothing else.
+
+    "1.5" is refused rather than read as 1.5 %: a number above 1 without '%' is ambiguous.
+    """
+    hint = "a fraction from 0 to 1 like 0.4, or a percentage with '%' like 40%"
+    if isinstance(val, bool):
+        raise ToolInputError(f"the share for {what!r} must be {hint}")
+    txt = str(val).strip()
+    is_pct = txt.endswith("%")
+    num = txt[:-1].strip() if is_pct else txt
     try:
-        txt = str(val).strip()
-        share = float(txt[:-1]) / 100 if txt.endswith("%") else float(txt)
+        share = float(num)
     except ValueError:
-        raise ToolInputError(f"the share for {what!r} must be a fraction like 0.4 or a percentage like 40%") from None
-    if share > 1 and share <= 100:
-        share /= 100
+        raise ToolInputError(f"the share for {what!r} must be {hint} (got {txt!r})") from None
+    if not math.isfinite(share):
+        raise ToolInputError(f"the share for {what!r} must be {hint} (got {txt!r})")
+    if is_pct:
+        if not 0 <= share <= 100:
+            raise ToolInputError(f"the share for {what!r} must be between 0% and 100% (got {txt!r})")
+        return share / 100
     if not 0 <= share <= 1:
-        raise ToolInputError(f"the share for {what!r} must be between 0 and 1 (or 0% and 100%)")
+        raise ToolInputError(f"the share for {what!r} must be {hint} (got {txt!r}; write {txt}% for a percentage)"
+                             if 1 < share <= 100 else f"the share for {what!r} must be {hint} (got {txt!r})")
     return share
 
 
