@@ -111,7 +111,10 @@ def test_chatml_prompt_exact_string() -> None:
     ("setting", "name", "model_type", "template", "expected"),
     [
         ("auto", "meta-llama/Llama-2-7b-chat-hf", "llama", None, "llama-2"),
-        ("auto", "llama-2-7b-chat.Q4_K_M.gguf", "llama", "{{ x }}", "llama-2"),
+        # The model's own template wins over a file name that says llama2 (issue 16).
+        ("auto", "llama-2-7b-chat.Q4_K_M.gguf", "llama", "{{ x }}", "template"),
+        ("auto", "my-llama2-finetune.gguf", "llama", "<|im_start|>{{ x }}<|im_end|>", "template"),
+        ("auto", "llama-2-7b-chat.Q4_K_M.gguf", "llama", None, "llama-2"),
         ("auto", "my-model", None, HF_LLAMA2_TEMPLATE, "llama-2"),
         ("auto", "SmolLM2-135M-Instruct", "llama", "<|im_start|>{{ x }}", "template"),
         ("auto", "some-llama", "llama", None, "llama-2"),
@@ -293,6 +296,8 @@ class FakeOpenAI:
         self.reply: dict[str, Any] = {"content": "Thought: ok\nAction: provenance\nObservation: made up"}
         self.status = 200
         self.delay = 0.0
+        self.max_model_len: int | None = None  # vLLM's model info reports the context length
+        self.grammar_field: str | None = None  # the field this fake server applies a grammar from (None: ignores all)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -312,7 +317,10 @@ class FakeOpenAI:
 
             def do_GET(self) -> None:
                 fake.requests.append({"method": "GET", "path": self.path, "auth": self.headers.get("Authorization")})
-                self._send(200, {"object": "list", "data": [{"id": "served-llama", "object": "model", "created": 0, "owned_by": "me"}]})
+                model = {"id": "served-llama", "object": "model", "created": 0, "owned_by": "me"}
+                if fake.max_model_len:
+                    model["max_model_len"] = fake.max_model_len
+                self._send(200, {"object": "list", "data": [model]})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -322,7 +330,13 @@ class FakeOpenAI:
                 if fake.status != 200:
                     self._send(fake.status, {"error": {"message": "model overloaded", "type": "server_error"}})
                     return
-                message = {"role": "assistant", "content": fake.reply.get("content")}
+                content = fake.reply.get("content")
+                node: Any = body
+                for key in (fake.grammar_field or "-").split("."):
+                    node = node.get(key) if isinstance(node, dict) else None
+                if isinstance(node, str) and node.startswith('root ::= "ZQX-"'):
+                    content = "ZQX-42"  # what a server that applies the probe's grammar answers
+                message = {"role": "assistant", "content": content}
                 if "tool_calls" in fake.reply:
                     message["tool_calls"] = fake.reply["tool_calls"]
                 self._send(200, {
@@ -381,14 +395,54 @@ def test_openai_backend_sends_messages_stop_and_model_and_cuts_at_stop(
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("param", ["guided_grammar", "structured_outputs.grammar", "grammar"])
 def test_openai_backend_passes_the_grammar_in_the_configured_field(fake_server: FakeOpenAI, transport: str, param: str) -> None:
+    fake_server.grammar_field = param
     llm = _openai(fake_server, transport, model="m", grammar_param=param)
-    assert llm.supports_grammar
+    assert llm.supports_grammar  # probed: the server obeyed the tiny grammar
+    probe = fake_server.requests[-1]["body"]
+    assert probe["max_tokens"] == 8 and "ZQX-" in json.dumps(probe)
     llm.generate(MSGS, grammar=REACT_GRAMMAR)
     body = fake_server.requests[-1]["body"]
     node = body
     for key in param.split("."):
         node = node[key]
     assert node == REACT_GRAMMAR
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_openai_grammar_the_server_ignores_is_reported_once_and_not_pretended(
+    fake_server: FakeOpenAI, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The vllm preset's field sent to a llama.cpp server (which reads `grammar`): silently dropped there.
+    fake_server.grammar_field = "grammar"
+    llm = _openai(fake_server, transport, model="m", grammar_param="structured_outputs.grammar")
+    with caplog.at_level("WARNING", logger="synthehr.llm"):
+        assert llm.supports_grammar is False
+        assert llm.supports_grammar is False  # probed once
+        llm.generate(MSGS, grammar=REACT_GRAMMAR)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "ignored the grammar" in warnings[0] and "structured_outputs.grammar" in warnings[0]
+    assert "grammar (llama.cpp server)" in warnings[0] and "guided_grammar" in warnings[0]
+    posts = [r for r in fake_server.requests if r["method"] == "POST"]
+    assert len(posts) == 2  # one probe, one generation
+    assert "structured_outputs" not in posts[-1]["body"]  # unconstrained, not pretending
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_openai_grammar_param_auto_finds_the_field_the_server_obeys(fake_server: FakeOpenAI, transport: str) -> None:
+    fake_server.grammar_field = "guided_grammar"
+    llm = _openai(fake_server, transport, model="m", grammar_param="auto")
+    assert llm.supports_grammar and llm.grammar_param == "guided_grammar"
+    llm.generate(MSGS, grammar=REACT_GRAMMAR)
+    assert fake_server.requests[-1]["body"]["guided_grammar"] == REACT_GRAMMAR
+
+
+def test_openai_context_window_from_model_info_or_config(fake_server: FakeOpenAI) -> None:
+    llm = _openai(fake_server, "httpx", model="served-llama", n_ctx=4096)
+    assert llm.context_window == 4096  # the fake's model info has no length: llm.n_ctx
+    fake_server.max_model_len = 8192
+    llm2 = _openai(fake_server, "httpx", model="served-llama", n_ctx=4096)
+    assert llm2.context_window == 8192
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
