@@ -185,12 +185,36 @@ def test_embedded_backend_says_how_to_install_its_model(monkeypatch: pytest.Monk
 
 def test_presets_load_and_name_their_backend() -> None:
     presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
-    expected = {"llama2-7b-chat": "transformers", "llama2-7b-chat-gguf": "llamacpp", "vllm": "openai", "embedded": "embedded"}
+    expected = {"llama2-7b-chat": "transformers", "llama2-7b-chat-gguf": "llamacpp", "vllm": "openai", "embedded": "embedded",
+                "llamacpp-server": "openai", "tgi": "openai", "ollama": "openai"}
+    assert {p.stem for p in presets.glob("*.yaml")} == set(expected)
     for name, backend in expected.items():
         s = load_settings(presets / f"{name}.yaml", env={}, workspace_config=False)
         assert s.llm.backend == backend, name
     assert load_settings(presets / "llama2-7b-chat.yaml", env={}, workspace_config=False).llm.dtype == "bfloat16"
     assert load_settings(presets / "vllm.yaml", env={}, workspace_config=False).llm.grammar_param == "structured_outputs.grammar"
+
+
+# Each server preset carries the exact start command in a comment (issue 16).
+SERVER_COMMANDS = {
+    "vllm": ["vllm serve meta-llama/Llama-2-7b-chat-hf", "--max-model-len 4096", "--enable-auto-tool-choice",
+             "--tool-call-parser"],
+    "llamacpp-server": ["python -m llama_cpp.server --model", "--n_ctx 4096"],
+    "tgi": ["text-generation-inference", "--model-id meta-llama/Llama-2-7b-chat-hf", "--max-total-tokens 4096"],
+    "ollama": ["ollama pull llama2:7b-chat", "OLLAMA_CONTEXT_LENGTH=4096 ollama serve"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SERVER_COMMANDS))
+def test_server_presets_carry_their_start_command(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / "presets" / f"{name}.yaml"
+    comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    for part in SERVER_COMMANDS[name]:
+        assert part in comments, (name, part)
+    s = load_settings(path, env={}, workspace_config=False)
+    assert s.llm.n_ctx == 4096 and s.llm.base_url and s.llm.base_url.endswith("/v1")
+    port = s.llm.base_url.rsplit(":", 1)[1].split("/")[0]
+    assert port in comments or name == "ollama" and port == "11434"  # the command serves where the preset points
 
 
 # ---- transformers on a tiny random LLaMA ----------------------------------------------------------
