@@ -16,7 +16,7 @@ is too long, shortens it in this order:
 
 A prompt that still does not fit (the system prompt alone is too long) is a ConfigError that names
 both numbers. ``compact_tools`` shrinks native tool schemas (no titles, no null branches, short
-descriptions): the six tools' 9.3k characters become ~3k.
+descriptions): the six tools' 9.3k characters of JSON become 6.2k.
 
 Backends without ``context_window`` / ``count_tokens`` (the scripted fake) are left alone.
 """
