@@ -320,6 +320,7 @@ class FakeOpenAI:
         self.reply: dict[str, Any] = {"content": "Thought: ok\nAction: provenance\nObservation: made up"}
         self.status = 200
         self.delay = 0.0
+        self.prompt_tokens = 11
         self.max_model_len: int | None = None  # vLLM's model info reports the context length
         self.grammar_field: str | None = None  # the field this fake server applies a grammar from (None: ignores all)
         fake = self
@@ -366,7 +367,7 @@ class FakeOpenAI:
                 self._send(200, {
                     "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model"),
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+                    "usage": {"prompt_tokens": fake.prompt_tokens, "completion_tokens": 7, "total_tokens": 18},
                 })
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -459,6 +460,19 @@ def test_openai_grammar_param_auto_finds_the_field_the_server_obeys(fake_server:
     assert llm.supports_grammar and llm.grammar_param == "guided_grammar"
     llm.generate(MSGS, grammar=REACT_GRAMMAR)
     assert fake_server.requests[-1]["body"]["guided_grammar"] == REACT_GRAMMAR
+
+
+def test_openai_token_count_learns_from_the_servers_usage(fake_server: FakeOpenAI) -> None:
+    llm = _openai(fake_server, "httpx", model="m")
+    msgs = [{"role": "system", "content": "x" * 3000}, {"role": "user", "content": "y" * 1000}]
+    before = llm.count_tokens(msgs)
+    assert before == 4000 // 3 + 16 + 16  # cautious: 3 characters per token before any reply
+    fake_server.prompt_tokens = 1032  # the server counted 1,000 tokens of text (+ template overhead)
+    llm.generate(msgs)
+    after = llm.count_tokens(msgs)
+    assert 1032 <= after <= 1032 * 1.15  # now close to the server's own count, still on the safe side
+    tools = [{"type": "function", "function": {"name": "t", "parameters": {"type": "object"}}}]
+    assert llm.count_tokens(msgs, tools=tools) > after
 
 
 def test_openai_context_window_from_model_info_or_config(fake_server: FakeOpenAI) -> None:

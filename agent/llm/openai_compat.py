@@ -214,7 +214,7 @@ class OpenAIBackend:
         return int(chars / self._chars_per_token) + 8 * len(messages) + 16
 
     def _learn_ratio(self, body: dict[str, Any], prompt_tokens: int) -> None:
-        chars = sum(len(m.get("content") or "") for m in body.get("messages", [])) + len(json.dumps(body.get("tools") or []))
+        chars = sum(len(m.get("content") or "") for m in body.get("messages", []))
         overhead = 8 * len(body.get("messages", [])) + 16
         if prompt_tokens > overhead and chars > 200:
             # 10 % margin under the measured ratio: the next prompt may tokenize a little worse.
@@ -277,7 +277,7 @@ class OpenAIBackend:
             calls.append(ToolCall(name=str(fn.get("name") or ""), arguments=args, raw_arguments=raw, id=str(c.get("id") or "")))
         u = data.get("usage") or {}
         self.last_usage = usage.done(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
-        self._learn_ratio(body, self.last_usage.prompt_tokens)
+        # No ratio learnt here: servers render tools differently (llama.cpp leaves them out when one is named).
         return ToolCallReply(content=msg.get("content") or "", tool_calls=calls, finish_reason=choice.get("finish_reason"))
 
     # ---- internals ------------------------------------------------------------------------------
