@@ -306,6 +306,21 @@ def test_transformers_chat_format_setting_overrides_detection(tiny_llama_dir: Pa
     assert llm.chat_format == "chatml" and llm.render(MSGS) == cf.chatml_prompt(MSGS)
 
 
+def test_transformers_on_a_gguf_without_the_gguf_package_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What transformers raises for a .gguf when `gguf` is missing (issue 16): an ImportError, not OSError.
+    import transformers
+
+    def missing(*a: Any, **k: Any) -> Any:
+        raise ImportError("Please install torch and gguf>=0.10.0 to load a GGUF checkpoint in PyTorch.")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", missing)
+    model = tmp_path / "llama-2-7b-chat.Q4_K_M.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(LLMUnavailable, match=r'pip install "gguf>=0.10"') as info:
+        create_backend(LLMSettings(backend="transformers", model=str(model)))
+    assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
+
+
 def test_transformers_hub_id_not_in_the_cache_is_a_clear_offline_error() -> None:
     with pytest.raises(LLMUnavailable, match="local Hugging Face cache"):
         create_backend(LLMSettings(backend="transformers", model="synthehr-tests/no-such-model"))
@@ -321,6 +336,7 @@ class FakeOpenAI:
         self.status = 200
         self.delay = 0.0
         self.prompt_tokens = 11
+        self.error = "model overloaded"
         self.max_model_len: int | None = None  # vLLM's model info reports the context length
         self.grammar_field: str | None = None  # the field this fake server applies a grammar from (None: ignores all)
         fake = self
@@ -353,7 +369,7 @@ class FakeOpenAI:
                 if fake.delay:
                     time.sleep(fake.delay)
                 if fake.status != 200:
-                    self._send(fake.status, {"error": {"message": "model overloaded", "type": "server_error"}})
+                    self._send(fake.status, {"error": {"message": fake.error, "type": "server_error"}})
                     return
                 content = fake.reply.get("content")
                 node: Any = body
@@ -460,6 +476,14 @@ def test_openai_grammar_param_auto_finds_the_field_the_server_obeys(fake_server:
     assert llm.supports_grammar and llm.grammar_param == "guided_grammar"
     llm.generate(MSGS, grammar=REACT_GRAMMAR)
     assert fake_server.requests[-1]["body"]["guided_grammar"] == REACT_GRAMMAR
+
+
+def test_openai_context_overflow_says_how_to_start_the_server(fake_server: FakeOpenAI) -> None:
+    fake_server.status = 400
+    fake_server.error = "Requested tokens (4640) exceed context window of 2048"
+    llm = _openai(fake_server, "httpx", model="m")
+    with pytest.raises(LLMUnavailable, match="--n_ctx 4096"):
+        llm.generate(MSGS)
 
 
 def test_openai_token_count_learns_from_the_servers_usage(fake_server: FakeOpenAI) -> None:
