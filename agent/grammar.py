@@ -1,6 +1,7 @@
 """GBNF grammar for one ReAct step, built from the tool registry.
 
-The grammar admits exactly:
+The grammar admits exactly (after an optional leading space or newline, the whitespace a chat
+format such as LLaMA-2's "[/INST] " puts before the reply):
 
     Thought: <one line>
     Action: <a registered tool name>
@@ -186,7 +187,10 @@ def build_step_grammar(
         b.add("final", '"Final Answer: " answer')
         branches.append("final")
     head = [
-        f'root ::= "Thought: " thought "\\n" ( {" | ".join(branches)} )',
+        f'root ::= lead "Thought: " thought "\\n" ( {" | ".join(branches)} )',
+        # The whitespace a chat format puts before the reply: after LLaMA-2's "[/INST]" the natural next
+        # token is " Thought" (SentencePiece "▁Thought"); forbidding it pushes the model off its course.
+        r"lead ::= [ \n]?",
         r"thought ::= [^\n\x00]{1,200}",
         r"answer ::= [^\x00]+",
     ]

@@ -273,7 +273,7 @@ class ReActAgent:
             any_ok = any(st.get("ok") for st in self.steps)
             last_failed = bool(self.steps) and not self.steps[-1].get("ok")
             grammar = self._plan_grammar(intents, whole, any_ok, last_failed)
-            raw = self._native_step(messages) if self.native else self._generate(messages, grammar)
+            raw = self._native_step(messages, grammar) if self.native else self._generate(messages, grammar)
             result.llm_calls += 1
             step_text = cut_at_stop(raw, prompts.STOP).strip()
             parsed, error = self._parse(step_text)
@@ -368,18 +368,27 @@ class ReActAgent:
 
     # -- model call and parsing ---------------------------------------------------------------------------
     def _generate(self, messages: list[dict[str, str]], grammar: str | None) -> str:
+        from synthehr.agent.llm.budget import fit_messages  # the prompt budget: every step fits the context
+
+        messages, _ = fit_messages(self.backend, messages, max_new_tokens=self.settings.llm.max_new_tokens)
         prompt = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
         kwargs: dict[str, Any] = {"messages": messages}
         if grammar is not None:
             kwargs["grammar"] = grammar
         return self.lc_llm.invoke(prompt, stop=list(prompts.STOP), **kwargs)
 
-    def _native_step(self, messages: list[dict[str, str]]) -> str:
+    def _native_step(self, messages: list[dict[str, str]], grammar: str | None = None) -> str:
         """One step through the server's native tool calling, written as the equivalent ReAct step, so that
         parsing, grounding, validation and safety are exactly those of the text path."""
+        from synthehr.agent.llm.budget import compact_tools, fit_messages, native_request
         from synthehr.agent.tooling import openai_tool_schemas
 
-        reply = self.backend.generate_tool_call(messages, openai_tool_schemas(self.registry),
+        # The step's grammar, in native terms: only its tools (one named when it must act), or a plain step.
+        tools, choice = native_request(compact_tools(openai_tool_schemas(self.registry)), grammar)
+        if not tools:
+            return self._generate(messages, grammar)
+        messages, _ = fit_messages(self.backend, messages, max_new_tokens=self.settings.llm.max_new_tokens, tools=tools)
+        reply = self.backend.generate_tool_call(messages, tools, tool_choice=choice,
                                                 max_tokens=self.settings.llm.max_new_tokens)
         content = (getattr(reply, "content", "") or "").strip()
         calls = list(getattr(reply, "tool_calls", []) or [])

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from synthehr.configs.settings import Settings
     from synthehr.tools.registry import Registry
 
-STOP = ["\nObservation", "\nObservation:", "Observation:"]
+# "\nRequest:": a model that runs past its turn writes the next request itself (the user turns start "Request:").
+STOP = ["\nObservation", "\nObservation:", "Observation:", "\nRequest:"]
 
 SYSTEM = """You are synthehr, an assistant for clinicians and health researchers. You create differentially private \
 synthetic patient records (EHR data) from real-world data sources, compute statistics of them and explain where they \

@@ -3,6 +3,8 @@
     python -m benchmarks.llm_backends                        # the embedded model, both runtimes
     python -m benchmarks.llm_backends --config my.yaml       # whatever llm: a config file names
     python -m benchmarks.llm_backends --runtime llamacpp --no-few-shot
+    python -m benchmarks.llm_backends --paths llamacpp transformers openai-grammar openai-tools --repeats 2
+        # step latency per path side by side (the README's backend table): writes llm_paths_latest.{json,md}
 
 Each of 8 requests is sent once with the agent's own system prompt, few-shot examples and step
 grammar (synthehr.agent.prompts, synthehr.agent.grammar) and NO router help: the score is the model's own first step,
@@ -234,5 +236,146 @@ def main() -> None:
     print("\n".join(lines))
 
 
+
+
+# ---- step latency per path, side by side (the README's backend table) --------------------------------------
+PATHS = ("llamacpp", "transformers", "openai-grammar", "openai-tools")
+
+
+def _start_server(model: Path, threads: int) -> tuple[Any, str]:
+    """`python -m llama_cpp.server` as configs/presets/llamacpp-server.yaml says (--n_ctx 4096), on a free port."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "4096", "--n_threads", str(threads)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(base + "/models", timeout=2):
+                return proc, base
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("llama_cpp.server did not start")
+
+
+def run_paths(settings: Any, paths: list[str], repeats: int, threads: int, n_cases: int = len(CASES)) -> dict[str, Any]:
+    """One agent step (the agent's system prompt, few-shot turns, the request; the step grammar) for each
+    case, on each path in turn (interleaved, so every path sees the same machine load), `repeats` times.
+    Medians per path; the first step (cold prompt) separately."""
+    import statistics
+
+    from synthehr.agent import prompts
+    from synthehr.agent.grammar import build_step_grammar
+    from synthehr.agent.llm.budget import compact_tools, native_request
+    from synthehr.agent.llm.factory import create_backend, embedded_model_path
+    from synthehr.agent.tooling import openai_tool_schemas
+    from synthehr.configs.settings import LLMSettings
+
+    registry = _registry()
+    model = embedded_model_path()
+    base_llm = settings.llm.model_copy(update={"n_threads": threads, "prompt_cache_dir": None, "n_ctx": 4096})
+    server = None
+    backends: dict[str, Any] = {}
+    load_s: dict[str, float] = {}
+    try:
+        for p in paths:
+            t0 = time.perf_counter()
+            if p == "llamacpp":
+                backends[p] = create_backend(base_llm.model_copy(update={"backend": "llamacpp", "model": str(model)}))
+            elif p == "transformers":
+                backends[p] = create_backend(base_llm.model_copy(update={"backend": "embedded", "runtime": "transformers"}))
+            else:
+                if server is None:
+                    server = _start_server(model, threads)
+                backends[p] = create_backend(LLMSettings(backend="openai", base_url=server[1], grammar_param="grammar",
+                                                         n_ctx=4096, timeout_s=900))
+                assert backends[p].supports_grammar
+            load_s[p] = round(time.perf_counter() - t0, 2)
+        system = {"role": "system", "content": prompts.system_prompt(registry, settings)}
+        shots = prompts.few_shot_messages(registry)
+        tools = compact_tools(openai_tool_schemas(registry))
+        times: dict[str, list[float]] = {p: [] for p in paths}
+        first: dict[str, float] = {}
+        ok: dict[str, int] = {p: 0 for p in paths}
+        prompt_tokens: dict[str, int] = {}
+        cases = [CASES[i] for i in (0, 1, 5, 7, 2, 3, 4, 6)[:n_cases]]  # headline, copd, stats, decline first
+        for rep in range(repeats):
+            for case in cases:
+                msgs = [system, *shots, {"role": "user", "content": prompts.user_message(
+                    case["request"], CONTEXT if case.get("context") else "")}]
+                # As in the agent with the router: a tool request must act (only that tool), a decline may only answer.
+                grammar = (build_step_grammar(registry, tools=[case["tool"]], allow_final=False) if case["tool"]
+                           else build_step_grammar(registry, allow_actions=False))
+                for p in paths:
+                    llm = backends[p]
+                    t = time.perf_counter()
+                    if p == "openai-tools" and case["tool"]:
+                        sent, choice = native_request(tools, grammar)
+                        reply = llm.generate_tool_call(msgs, sent, tool_choice=choice, max_tokens=160)
+                        c = reply.tool_calls[0] if reply.tool_calls else None
+                        text = (f"Thought: x\nAction: {c.name}\nAction Input: {c.raw_arguments}" if c
+                                else f"Thought: x\nFinal Answer: {reply.content}")
+                    else:
+                        text = llm.generate(msgs, stop=list(prompts.STOP), max_tokens=160, grammar=grammar)
+                    dt = time.perf_counter() - t
+                    if p not in first:
+                        first[p] = round(dt, 2)
+                    else:
+                        times[p].append(dt)
+                    prompt_tokens[p] = max(prompt_tokens.get(p, 0), llm.last_usage.prompt_tokens)
+                    ok[p] += score(case, text)["tool_ok"] if rep == 0 else 0
+                    print(f"{p:<15} {case['id']:<11} {dt:6.2f}s {text[:80]!r}", flush=True)
+    finally:
+        if server is not None:
+            server[0].terminate()
+            server[0].wait(timeout=30)
+    return {
+        "threads": threads, "repeats": repeats, "cases": len(cases), "load_avg_after": os.getloadavg()[0],
+        "paths": {p: {"load_s": load_s[p], "first_step_s": first.get(p),
+                      "median_step_s": round(statistics.median(times[p]), 2) if times[p] else None,
+                      "max_step_s": round(max(times[p]), 2) if times[p] else None,
+                      "steps": len(times[p]), "right_tool": f"{ok[p]}/{len(cases)}",
+                      "max_prompt_tokens": prompt_tokens.get(p)} for p in paths},
+    }
+
+
+def main_paths(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="step latency per LLM path, side by side")
+    ap.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cases", type=int, default=len(CASES), help="the first N of headline, copd, stats, decline, ...")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "llm_paths_latest")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from synthehr.configs.settings import load_settings
+
+    settings = load_settings(env={}, workspace_config=False)
+    r = run_paths(settings, a.paths, a.repeats, a.threads, a.cases)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.with_suffix(".json").write_text(json.dumps(r, indent=2))
+    lines = [f"Step latency, SmolLM2-135M stand-in weights, {a.threads} threads, {a.repeats} x {r['cases']} steps per path "
+             f"(interleaved), load average {r['load_avg_after']:.1f} at the end",
+             "", "| path | load s | first step s (cold prompt) | median step s | slowest step s | right tool (run 1) |",
+             "|---|---|---|---|---|---|"]
+    for p, v in r["paths"].items():
+        lines.append(f"| {p} | {v['load_s']} | {v['first_step_s']} | {v['median_step_s']} | {v['max_step_s']} | {v['right_tool']} |")
+    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--paths" in sys.argv or "--repeats" in sys.argv:
+        main_paths(sys.argv[1:])
+    else:
+        main()

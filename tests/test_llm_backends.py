@@ -111,7 +111,10 @@ def test_chatml_prompt_exact_string() -> None:
     ("setting", "name", "model_type", "template", "expected"),
     [
         ("auto", "meta-llama/Llama-2-7b-chat-hf", "llama", None, "llama-2"),
-        ("auto", "llama-2-7b-chat.Q4_K_M.gguf", "llama", "{{ x }}", "llama-2"),
+        # The model's own template wins over a file name that says llama2 (issue 16).
+        ("auto", "llama-2-7b-chat.Q4_K_M.gguf", "llama", "{{ x }}", "template"),
+        ("auto", "my-llama2-finetune.gguf", "llama", "<|im_start|>{{ x }}<|im_end|>", "template"),
+        ("auto", "llama-2-7b-chat.Q4_K_M.gguf", "llama", None, "llama-2"),
         ("auto", "my-model", None, HF_LLAMA2_TEMPLATE, "llama-2"),
         ("auto", "SmolLM2-135M-Instruct", "llama", "<|im_start|>{{ x }}", "template"),
         ("auto", "some-llama", "llama", None, "llama-2"),
@@ -182,12 +185,36 @@ def test_embedded_backend_says_how_to_install_its_model(monkeypatch: pytest.Monk
 
 def test_presets_load_and_name_their_backend() -> None:
     presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
-    expected = {"llama2-7b-chat": "transformers", "llama2-7b-chat-gguf": "llamacpp", "vllm": "openai", "embedded": "embedded"}
+    expected = {"llama2-7b-chat": "transformers", "llama2-7b-chat-gguf": "llamacpp", "vllm": "openai", "embedded": "embedded",
+                "llamacpp-server": "openai", "tgi": "openai", "ollama": "openai"}
+    assert {p.stem for p in presets.glob("*.yaml")} == set(expected)
     for name, backend in expected.items():
         s = load_settings(presets / f"{name}.yaml", env={}, workspace_config=False)
         assert s.llm.backend == backend, name
     assert load_settings(presets / "llama2-7b-chat.yaml", env={}, workspace_config=False).llm.dtype == "bfloat16"
     assert load_settings(presets / "vllm.yaml", env={}, workspace_config=False).llm.grammar_param == "structured_outputs.grammar"
+
+
+# Each server preset carries the exact start command in a comment (issue 16).
+SERVER_COMMANDS = {
+    "vllm": ["vllm serve meta-llama/Llama-2-7b-chat-hf", "--max-model-len 4096", "--enable-auto-tool-choice",
+             "--tool-call-parser"],
+    "llamacpp-server": ["python -m llama_cpp.server --model", "--n_ctx 4096"],
+    "tgi": ["text-generation-inference", "--model-id meta-llama/Llama-2-7b-chat-hf", "--max-total-tokens 4096"],
+    "ollama": ["ollama pull llama2:7b-chat", "OLLAMA_CONTEXT_LENGTH=4096 ollama serve"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SERVER_COMMANDS))
+def test_server_presets_carry_their_start_command(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / "presets" / f"{name}.yaml"
+    comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    for part in SERVER_COMMANDS[name]:
+        assert part in comments, (name, part)
+    s = load_settings(path, env={}, workspace_config=False)
+    assert s.llm.n_ctx == 4096 and s.llm.base_url and s.llm.base_url.endswith("/v1")
+    port = s.llm.base_url.rsplit(":", 1)[1].split("/")[0]
+    assert port in comments or name == "ollama" and port == "11434"  # the command serves where the preset points
 
 
 # ---- transformers on a tiny random LLaMA ----------------------------------------------------------
@@ -279,6 +306,21 @@ def test_transformers_chat_format_setting_overrides_detection(tiny_llama_dir: Pa
     assert llm.chat_format == "chatml" and llm.render(MSGS) == cf.chatml_prompt(MSGS)
 
 
+def test_transformers_on_a_gguf_without_the_gguf_package_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What transformers raises for a .gguf when `gguf` is missing (issue 16): an ImportError, not OSError.
+    import transformers
+
+    def missing(*a: Any, **k: Any) -> Any:
+        raise ImportError("Please install torch and gguf>=0.10.0 to load a GGUF checkpoint in PyTorch.")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", missing)
+    model = tmp_path / "llama-2-7b-chat.Q4_K_M.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(LLMUnavailable, match=r'pip install "gguf>=0.10"') as info:
+        create_backend(LLMSettings(backend="transformers", model=str(model)))
+    assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
+
+
 def test_transformers_hub_id_not_in_the_cache_is_a_clear_offline_error() -> None:
     with pytest.raises(LLMUnavailable, match="local Hugging Face cache"):
         create_backend(LLMSettings(backend="transformers", model="synthehr-tests/no-such-model"))
@@ -293,6 +335,10 @@ class FakeOpenAI:
         self.reply: dict[str, Any] = {"content": "Thought: ok\nAction: provenance\nObservation: made up"}
         self.status = 200
         self.delay = 0.0
+        self.prompt_tokens = 11
+        self.error = "model overloaded"
+        self.max_model_len: int | None = None  # vLLM's model info reports the context length
+        self.grammar_field: str | None = None  # the field this fake server applies a grammar from (None: ignores all)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -312,7 +358,10 @@ class FakeOpenAI:
 
             def do_GET(self) -> None:
                 fake.requests.append({"method": "GET", "path": self.path, "auth": self.headers.get("Authorization")})
-                self._send(200, {"object": "list", "data": [{"id": "served-llama", "object": "model", "created": 0, "owned_by": "me"}]})
+                model = {"id": "served-llama", "object": "model", "created": 0, "owned_by": "me"}
+                if fake.max_model_len:
+                    model["max_model_len"] = fake.max_model_len
+                self._send(200, {"object": "list", "data": [model]})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -320,15 +369,21 @@ class FakeOpenAI:
                 if fake.delay:
                     time.sleep(fake.delay)
                 if fake.status != 200:
-                    self._send(fake.status, {"error": {"message": "model overloaded", "type": "server_error"}})
+                    self._send(fake.status, {"error": {"message": fake.error, "type": "server_error"}})
                     return
-                message = {"role": "assistant", "content": fake.reply.get("content")}
+                content = fake.reply.get("content")
+                node: Any = body
+                for key in (fake.grammar_field or "-").split("."):
+                    node = node.get(key) if isinstance(node, dict) else None
+                if isinstance(node, str) and node.startswith('root ::= "ZQX-"'):
+                    content = "ZQX-42"  # what a server that applies the probe's grammar answers
+                message = {"role": "assistant", "content": content}
                 if "tool_calls" in fake.reply:
                     message["tool_calls"] = fake.reply["tool_calls"]
                 self._send(200, {
                     "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model"),
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+                    "usage": {"prompt_tokens": fake.prompt_tokens, "completion_tokens": 7, "total_tokens": 18},
                 })
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -381,14 +436,75 @@ def test_openai_backend_sends_messages_stop_and_model_and_cuts_at_stop(
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("param", ["guided_grammar", "structured_outputs.grammar", "grammar"])
 def test_openai_backend_passes_the_grammar_in_the_configured_field(fake_server: FakeOpenAI, transport: str, param: str) -> None:
+    fake_server.grammar_field = param
     llm = _openai(fake_server, transport, model="m", grammar_param=param)
-    assert llm.supports_grammar
+    assert llm.supports_grammar  # probed: the server obeyed the tiny grammar
+    probe = fake_server.requests[-1]["body"]
+    assert probe["max_tokens"] == 8 and "ZQX-" in json.dumps(probe)
     llm.generate(MSGS, grammar=REACT_GRAMMAR)
     body = fake_server.requests[-1]["body"]
     node = body
     for key in param.split("."):
         node = node[key]
     assert node == REACT_GRAMMAR
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_openai_grammar_the_server_ignores_is_reported_once_and_not_pretended(
+    fake_server: FakeOpenAI, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The vllm preset's field sent to a llama.cpp server (which reads `grammar`): silently dropped there.
+    fake_server.grammar_field = "grammar"
+    llm = _openai(fake_server, transport, model="m", grammar_param="structured_outputs.grammar")
+    with caplog.at_level("WARNING", logger="synthehr.llm"):
+        assert llm.supports_grammar is False
+        assert llm.supports_grammar is False  # probed once
+        llm.generate(MSGS, grammar=REACT_GRAMMAR)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "ignored the grammar" in warnings[0] and "structured_outputs.grammar" in warnings[0]
+    assert "grammar (llama.cpp server)" in warnings[0] and "guided_grammar" in warnings[0]
+    posts = [r for r in fake_server.requests if r["method"] == "POST"]
+    assert len(posts) == 2  # one probe, one generation
+    assert "structured_outputs" not in posts[-1]["body"]  # unconstrained, not pretending
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_openai_grammar_param_auto_finds_the_field_the_server_obeys(fake_server: FakeOpenAI, transport: str) -> None:
+    fake_server.grammar_field = "guided_grammar"
+    llm = _openai(fake_server, transport, model="m", grammar_param="auto")
+    assert llm.supports_grammar and llm.grammar_param == "guided_grammar"
+    llm.generate(MSGS, grammar=REACT_GRAMMAR)
+    assert fake_server.requests[-1]["body"]["guided_grammar"] == REACT_GRAMMAR
+
+
+def test_openai_context_overflow_says_how_to_start_the_server(fake_server: FakeOpenAI) -> None:
+    fake_server.status = 400
+    fake_server.error = "Requested tokens (4640) exceed context window of 2048"
+    llm = _openai(fake_server, "httpx", model="m")
+    with pytest.raises(LLMUnavailable, match="--n_ctx 4096"):
+        llm.generate(MSGS)
+
+
+def test_openai_token_count_learns_from_the_servers_usage(fake_server: FakeOpenAI) -> None:
+    llm = _openai(fake_server, "httpx", model="m")
+    msgs = [{"role": "system", "content": "x" * 3000}, {"role": "user", "content": "y" * 1000}]
+    before = llm.count_tokens(msgs)
+    assert before == 4000 // 3 + 16 + 16  # cautious: 3 characters per token before any reply
+    fake_server.prompt_tokens = 1032  # the server counted 1,000 tokens of text (+ template overhead)
+    llm.generate(msgs)
+    after = llm.count_tokens(msgs)
+    assert 1032 <= after <= 1032 * 1.15  # now close to the server's own count, still on the safe side
+    tools = [{"type": "function", "function": {"name": "t", "parameters": {"type": "object"}}}]
+    assert llm.count_tokens(msgs, tools=tools) > after
+
+
+def test_openai_context_window_from_model_info_or_config(fake_server: FakeOpenAI) -> None:
+    llm = _openai(fake_server, "httpx", model="served-llama", n_ctx=4096)
+    assert llm.context_window == 4096  # the fake's model info has no length: llm.n_ctx
+    fake_server.max_model_len = 8192
+    llm2 = _openai(fake_server, "httpx", model="served-llama", n_ctx=4096)
+    assert llm2.context_window == 8192
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -191,6 +191,11 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Run only the first N cases."),
         only: Optional[str] = typer.Option(None, "--only", help="Run only cases whose id or tags contain this text."),
         no_router: bool = typer.Option(False, "--no-router", help="Measure the LLM without the embedding router."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="Override llm.backend (embedded, transformers, llamacpp, openai)."),
+        base_url: Optional[str] = typer.Option(None, "--base-url", help="Override llm.base_url (openai backend), e.g. http://127.0.0.1:8080/v1."),
+        model: Optional[str] = typer.Option(None, "--model", help="Override llm.model."),
+        grammar_param: Optional[str] = typer.Option(None, "--grammar-param", help="Override llm.grammar_param (grammar, structured_outputs.grammar, guided_grammar, auto)."),
+        tool_calling: Optional[bool] = typer.Option(None, "--tool-calling/--no-tool-calling", help="Override llm.tool_calling (native tool calls)."),
     ) -> None:
         """Measure the configured LLM's planning: tool accuracy, argument accuracy, parse failures, latency.
 
@@ -214,6 +219,10 @@ def register(app: typer.Typer) -> None:
             items = items[:limit]
         console = Console(stderr=True)
         d = build_cli_deps()
+        from synthehr.agent.llm.factory import with_overrides
+
+        d.settings.llm = with_overrides(d.settings.llm, backend=backend, base_url=base_url, model=model,
+                                        grammar_param=grammar_param, tool_calling=tool_calling)
         llm = _backend(d, console)
         done = [0]
 

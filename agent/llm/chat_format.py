@@ -11,7 +11,9 @@ Formats:
 
 - ``chatml``: ``<|im_start|>role\\ncontent<|im_end|>\\n`` ... ``<|im_start|>assistant\\n`` (SmolLM2, Qwen).
 - ``template``: the model's own Jinja chat template (from the tokenizer or the GGUF metadata).
-- ``auto``: ``llama-2`` for LLaMA-2 chat models, else the model's template, else ``chatml``.
+- ``auto``: the model's own chat template when it has one (rendered by our exact ``llama-2`` renderer
+  when that template is LLaMA-2's [INST] <<SYS>> one), else ``llama-2`` for a model named LLaMA-2
+  or of the llama architecture, else ``chatml``. A file name never overrides the model's template.
 
 A final ``assistant`` message is treated as the start of the reply the model should continue (the
 ReAct scratchpad: "Thought: ...\\nAction: ...\\nObservation: ...\\n"), so it is rendered open —
@@ -148,19 +150,46 @@ def resolve_format(
 ) -> str:
     """Choose the concrete format ('llama-2', 'chatml' or 'template') for a model.
 
-    ``auto``: LLaMA-2 chat models get 'llama-2'; any other model with its own template gets
-    'template'; a model without one gets 'llama-2' when it is a llama, else 'chatml'."""
+    ``auto``: a model with its own template gets 'template' ('llama-2' when that template is LLaMA-2's,
+    the same string); a model without one gets 'llama-2' when its name says LLaMA-2 or it is a llama,
+    else 'chatml'. The model's template always wins over its file name."""
     if setting not in CHAT_FORMATS:
         raise ValueError(f"unknown chat format {setting!r} (valid: {', '.join(CHAT_FORMATS)})")
     if setting == "template" and not template:
         raise ValueError("chat_format is 'template' but the model has no chat template (use llama-2 or chatml)")
     if setting != "auto":
         return setting
-    if is_llama2_chat(name, model_type, template):
+    if template:  # the model's own template wins over any name
+        return "llama-2" if "<<SYS>>" in template and "[INST]" in template else "template"
+    if is_llama2_chat(name, model_type, None):
         return "llama-2"
-    if template:
-        return "template"
     return "llama-2" if model_type == "llama" else "chatml"
+
+
+# Turn markers of each format: generation stops at them (a model that runs past its turn writes the next
+# "[INST] ..." or "<|im_start|>user ..." itself). Markers a template uses are found in its text.
+TURN_MARKERS: dict[str, tuple[str, ...]] = {
+    "llama-2": ("[INST]", "[/INST]", "</s>", "<<SYS>>"),
+    "chatml": ("<|im_end|>", "<|im_start|>"),
+}
+_TEMPLATE_MARKERS = ("<|im_end|>", "<|im_start|>", "[INST]", "[/INST]", "<|eot_id|>", "<|start_header_id|>",
+                     "<end_of_turn>", "<start_of_turn>", "<|end|>", "<|user|>", "<|assistant|>", "<|endoftext|>")
+
+
+def turn_markers(fmt: str, template: str | None = None, eos_token: str | None = None) -> list[str]:
+    """The stop strings that end a reply in format `fmt` (its turn markers and end-of-sequence text)."""
+    if fmt == "template":
+        out = [m for m in _TEMPLATE_MARKERS if template and m in template]
+    else:
+        out = list(TURN_MARKERS.get(fmt, ()))
+    if eos_token and eos_token not in out and len(eos_token) > 1:
+        out.append(eos_token)
+    return out
+
+
+def merge_stops(stop: Sequence[str] | None, extra: Sequence[str]) -> list[str]:
+    """`stop` followed by the `extra` strings it lacks (order kept, no duplicates)."""
+    return list(dict.fromkeys([*(stop or ()), *extra]))
 
 
 def render(

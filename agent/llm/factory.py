@@ -71,6 +71,22 @@ def create_backend(settings: "LLMSettings") -> LLMBackend:
     raise LLMUnavailable(f"unknown llm.backend {kind!r} (valid: {', '.join(BACKENDS)})")
 
 
+def with_overrides(settings: "LLMSettings", **over: object) -> "LLMSettings":
+    """`settings` with the given fields replaced (None: keep), validated: a bad value is one ConfigError line
+    (for command-line options such as `eval agent --backend openai --base-url ...`)."""
+    from pydantic import ValidationError
+
+    from synthehr.configs.settings import LLMSettings
+
+    data = {**settings.model_dump(), **{k: v for k, v in over.items() if v is not None}}
+    try:
+        return LLMSettings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err.get("loc", ())) or "llm"
+        raise ConfigError(f"llm.{field}: {err.get('msg')} (valid backends: {', '.join(BACKENDS)})") from None
+
+
 # ---- embedded -----------------------------------------------------------------------------------
 def embedded_model_path() -> Path:
     """Path of the packaged SmolLM2 GGUF, found without importing its package (importing

@@ -56,6 +56,8 @@ class TransformersBackend:
         self._grammars: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.eos_token_ids = self._eos_ids()
+        self.context_window = 4096  # tokens: min(llm.n_ctx, the model's max_position_embeddings) once loaded
+        self.stop_markers = cf.turn_markers(fmt, template, getattr(tokenizer, "eos_token", None))
 
     # ---- loading --------------------------------------------------------------------------------
     @classmethod
@@ -68,11 +70,13 @@ class TransformersBackend:
             n_threads=settings.n_threads,
             max_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
+            n_ctx=settings.n_ctx,
         )
 
     @classmethod
     def load(cls, source: str, *, dtype: str = "auto", device: str = "cpu", chat_format: str = "auto",
-             n_threads: int = 0, max_tokens: int = 256, temperature: float = 0.0) -> "TransformersBackend":
+             n_threads: int = 0, max_tokens: int = 256, temperature: float = 0.0,
+             n_ctx: int = 4096) -> "TransformersBackend":
         """Load a model offline. `source`: a model directory, a .gguf file, or a hub id that is
         already in the local Hugging Face cache."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,6 +106,8 @@ class TransformersBackend:
         try:
             config = AutoConfig.from_pretrained(load_from, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
+        except ImportError as exc:  # e.g. a .gguf without the gguf package: say what to install
+            raise _unavailable(f"cannot load model {source} with transformers: {_import_hint(exc)}") from None
         except (OSError, ValueError) as exc:
             hint = ("" if Path(src).exists() else
                     " (a hub id must already be in the local Hugging Face cache: run `hf download "
@@ -112,7 +118,9 @@ class TransformersBackend:
         torch_dtype = _resolve_dtype(dtype, config, dev, torch)
         try:
             model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
-        except (OSError, ValueError) as exc:
+        except ImportError as exc:
+            raise _unavailable(f"cannot load model weights from {source} with transformers: {_import_hint(exc)}") from None
+        except (OSError, ValueError, RuntimeError) as exc:  # wrong or damaged files: the user's to fix
             raise _unavailable(f"cannot load model weights from {source}: {str(exc).splitlines()[0]}") from None
         model.to(dev)
         model.eval()
@@ -124,14 +132,21 @@ class TransformersBackend:
                                              template=template)
         except ValueError as exc:
             raise _unavailable(str(exc)) from None
-        return cls(model, tokenizer, model_id=source, fmt=fmt, template=template,
-                   max_tokens=max_tokens, temperature=temperature)
+        window = int(getattr(config, "max_position_embeddings", 0) or 0)
+        backend = cls(model, tokenizer, model_id=source, fmt=fmt, template=template,
+                      max_tokens=max_tokens, temperature=temperature)
+        backend.context_window = min(n_ctx, window) if window > 0 else n_ctx
+        return backend
 
     # ---- generation -----------------------------------------------------------------------------
     def render(self, messages: list[Message]) -> str:
         tok = self.tokenizer
         return cf.render(messages, self.chat_format, template=self.template,
                                   bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Prompt tokens of `messages` as this backend renders them (for the prompt budget)."""
+        return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
 
     def generate(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
                  grammar: str | None = None, temperature: float | None = None) -> str:
@@ -141,6 +156,7 @@ class TransformersBackend:
         max_tokens = max_tokens or self.default_max_tokens
         temperature = self.default_temperature if temperature is None else temperature
         prompt = self.render(messages)
+        stop = cf.merge_stops(stop, self.stop_markers)  # never run on into the next turn
         usage = Usage()
         enc = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         input_ids = enc["input_ids"].to(self.model.device)
@@ -223,6 +239,13 @@ class _StopStrings:
             text = self.tokenizer.decode(row[self.n_prompt:], skip_special_tokens=True)
             done.append(any(s in text for s in self.stops))
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _import_hint(exc: ImportError) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "gguf" in text.lower():
+        return 'loading a .gguf with transformers needs the gguf package: pip install "gguf>=0.10"'
+    return text
 
 
 def _resolve_device(device: str, torch: Any) -> str:

@@ -52,6 +52,8 @@ class LlamaCppBackend:
         self._lock = threading.Lock()
         self.cache_file = cache_file
         self._cache_state = "untried"  # untried -> restored (n tokens) | missed -> saved
+        self.stop_markers = cf.turn_markers(fmt, template, eos)
+        self.context_window = int(llm.n_ctx()) if hasattr(llm, "n_ctx") else 4096
 
     @classmethod
     def from_settings(cls, settings: "LLMSettings", path: Path | None = None) -> "LlamaCppBackend":
@@ -104,11 +106,17 @@ class LlamaCppBackend:
         return cf.render(messages, self.chat_format, template=self.template, bos_token=self.bos_token,
                          eos_token=self.eos_token)
 
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Prompt tokens of `messages` as this backend renders them (for the prompt budget)."""
+        with self._lock:
+            return len(self.llm.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True))
+
     def generate(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
                  grammar: str | None = None, temperature: float | None = None) -> str:
         max_tokens = max_tokens or self.default_max_tokens
         temperature = self.default_temperature if temperature is None else temperature
         prompt = self.render(messages)
+        stop = cf.merge_stops(stop, self.stop_markers)  # never run on into the next turn
         usage = Usage()
         with self._lock:
             _perf_reset(self.llm)

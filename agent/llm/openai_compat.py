@@ -4,7 +4,11 @@ server, by ``llm.base_url`` and ``llm.model``. The server applies the model's ch
 - The API key is read from the environment variable named by ``llm.api_key_env`` (never from config).
 - Grammar-constrained decoding: the GBNF text goes in the request field named by
   ``llm.grammar_param`` (vLLM: ``structured_outputs.grammar`` or, before 0.10, ``guided_grammar``;
-  llama.cpp server: ``grammar``). With none set the backend reports supports_grammar=False.
+  llama.cpp server: ``grammar``; ``auto`` tries these in turn). Support is verified, not assumed:
+  at first use the backend sends one tiny constrained request and checks that the reply obeys
+  the grammar. A server that ignores the field (it drops unknown fields silently) is reported
+  once, naming the field to set, and the agent runs unconstrained with the router's guard;
+  ``supports_grammar`` is the probe's result. With none set it is False and nothing is probed.
 - Native tool calling: ``generate_tool_call(messages, tools)`` for servers that offer it
   (vLLM with --enable-auto-tool-choice, Ollama, llama.cpp server --jinja).
 - Uses the ``openai`` client when installed, else plain httpx. Unreachable servers, refused keys
@@ -14,7 +18,9 @@ server, by ``llm.base_url`` and ``llm.model``. The server applies the model's ch
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +34,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from synthehr.configs.settings import LLMSettings
 
 MAX_STOP = 4  # the OpenAI API accepts at most 4 stop strings; the rest are cut here
+log = logging.getLogger("synthehr.llm")
+
+# Where each server reads a GBNF grammar (tried in this order by grammar_param: auto).
+GRAMMAR_FIELDS = {"grammar": "llama.cpp server", "structured_outputs.grammar": "vLLM >= 0.10",
+                  "guided_grammar": "vLLM < 0.10"}
+# The probe: a reply no model writes by itself, so an obeying reply proves the grammar was applied.
+PROBE_GRAMMAR = 'root ::= "ZQX-" [0-9] [0-9]'
+PROBE_REPLY = re.compile(r"^\s*ZQX-[0-9]{2}\s*$")
+GRAMMAR_HINT = ("set llm.grammar_param to structured_outputs.grammar (vLLM >= 0.10), guided_grammar (vLLM < 0.10) "
+                "or grammar (llama.cpp server)")
+CHARS_PER_TOKEN = 3.0  # before the server has reported any usage: a cautious estimate (English ~4)
 
 
 def _unavailable(msg: str) -> Exception:
@@ -62,6 +79,13 @@ def openai_tools(specs: Iterable["ToolSpec"]) -> list[dict[str, Any]]:
     ]
 
 
+def _fewest_stops(stop: Iterable[str]) -> list[str]:
+    """The stop strings without those that contain another (the shorter one stops first anyway), so the
+    API's limit of 4 keeps the ones that matter; the full list is still cut locally."""
+    items = list(dict.fromkeys(s for s in stop if s))
+    return [s for s in items if not any(o != s and o in s for o in items)]
+
+
 def _set_dotted(body: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     cur = body
@@ -76,7 +100,8 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  timeout_s: float = 120.0, grammar_param: str | None = None, max_tokens: int = 256,
-                 temperature: float = 0.0, transport: str = "auto", api_key_env: str = "OPENAI_API_KEY") -> None:
+                 temperature: float = 0.0, transport: str = "auto", api_key_env: str = "OPENAI_API_KEY",
+                 n_ctx: int = 4096) -> None:
         if not base_url:
             raise _unavailable("llm.backend is 'openai' but llm.base_url is not set (e.g. http://localhost:8000/v1)")
         if not base_url.startswith(("http://", "https://")):
@@ -86,8 +111,12 @@ class OpenAIBackend:
         self.api_key = api_key
         self.api_key_env = api_key_env
         self.timeout_s = timeout_s
-        self.grammar_param = grammar_param
-        self.supports_grammar = bool(grammar_param)
+        self.grammar_param = grammar_param or None
+        self._grammar_ok: bool | None = None if self.grammar_param else False
+        self.grammar_notice = ""  # why the grammar is not used (set once by the probe)
+        self.n_ctx = n_ctx
+        self._context_window: int | None = None
+        self._chars_per_token = CHARS_PER_TOKEN
         self.default_max_tokens = max_tokens
         self.default_temperature = temperature
         self.last_usage = Usage()
@@ -112,7 +141,84 @@ class OpenAIBackend:
             grammar_param=settings.grammar_param,
             max_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
+            n_ctx=settings.n_ctx,
         )
+
+    # ---- grammar support, verified ---------------------------------------------------------------
+    @property
+    def supports_grammar(self) -> bool:
+        """Whether the server applies the grammar: probed once, at first use."""
+        if self._grammar_ok is None:
+            self._grammar_ok = self.probe_grammar()
+        return self._grammar_ok
+
+    @supports_grammar.setter
+    def supports_grammar(self, value: bool) -> None:
+        self._grammar_ok = bool(value)
+
+    def probe_grammar(self) -> bool:
+        """Send one tiny constrained request per candidate field and keep the first the server obeys.
+        Says so once (a warning) when none is obeyed; then the agent runs unconstrained."""
+        fields = list(GRAMMAR_FIELDS) if self.grammar_param == "auto" else [str(self.grammar_param)]
+        seen: list[str] = []
+        for f in fields:
+            body = self._body([{"role": "user", "content": "Reply with a code."}], None, 8, 0.0)
+            _set_dotted(body, f, PROBE_GRAMMAR)
+            try:
+                data = self._request("POST", "/chat/completions", body)
+                text = ((self._choice(data).get("message") or {}).get("content") or "")
+            except Exception as exc:  # noqa: BLE001 - a server that refuses the field (400/422) lacks it
+                if getattr(exc, "status", None) is None:
+                    raise  # unreachable server, timeout: the user must know now
+                text = f"<{getattr(exc, 'status')}>"
+            if PROBE_REPLY.match(text):
+                self.grammar_param = f
+                return True
+            seen.append(f"{f}: {' '.join(text.split())[:40]!r}")
+        self.grammar_notice = (f"the LLM server at {self.base_url} ignored the grammar sent in "
+                               f"{' / '.join(fields)} (probe replies {'; '.join(seen)}): {GRAMMAR_HINT}. "
+                               "Running without grammar-constrained decoding; the router still guards tool choice.")
+        log.warning(self.grammar_notice)
+        return False
+
+    # ---- the prompt budget --------------------------------------------------------------------------
+    @property
+    def context_window(self) -> int:
+        """The model's context in tokens: the server's model info (vLLM max_model_len, llama.cpp n_ctx)
+        when it says, else llm.n_ctx."""
+        if self._context_window is None:
+            self._context_window = self._server_context() or self.n_ctx
+        return self._context_window
+
+    def _server_context(self) -> int | None:
+        try:
+            data = self._request("GET", "/models", None)
+        except Exception:  # noqa: BLE001 - model info is optional; llm.n_ctx is the fallback
+            return None
+        for m in data.get("data", []) or []:
+            if not isinstance(m, dict) or (self.model_id and m.get("id") not in (self.model_id, None)):
+                continue
+            meta = m.get("meta") if isinstance(m.get("meta"), dict) else {}
+            for key in ("max_model_len", "n_ctx", "context_length", "max_context_length"):
+                v = m.get(key) or meta.get(key)
+                if isinstance(v, int) and v > 0:
+                    return v
+        return None
+
+    def count_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
+        """Estimated prompt tokens: characters over the characters per token the server's own usage
+        reports showed (cautious until the first reply), plus the chat template's per-message overhead."""
+        chars = sum(len(m.get("content") or "") for m in messages)
+        if tools:
+            chars += len(json.dumps(tools))
+        return int(chars / self._chars_per_token) + 8 * len(messages) + 16
+
+    def _learn_ratio(self, body: dict[str, Any], prompt_tokens: int) -> None:
+        chars = sum(len(m.get("content") or "") for m in body.get("messages", []))
+        overhead = 8 * len(body.get("messages", [])) + 16
+        if prompt_tokens > overhead and chars > 200:
+            # 10 % margin under the measured ratio: the next prompt may tokenize a little worse.
+            self._chars_per_token = max(1.5, 0.9 * chars / (prompt_tokens - overhead))
 
     # ---- the model name -------------------------------------------------------------------------
     def resolve_model(self) -> str:
@@ -132,14 +238,15 @@ class OpenAIBackend:
     def generate(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
                  grammar: str | None = None, temperature: float | None = None) -> str:
         body = self._body(messages, stop, max_tokens, temperature)
-        if grammar and self.grammar_param:
-            _set_dotted(body, self.grammar_param, grammar)
+        if grammar and self.supports_grammar:
+            _set_dotted(body, str(self.grammar_param), grammar)
         usage = Usage()
         data = self._request("POST", "/chat/completions", body)
         choice = self._choice(data)
         text = (choice.get("message") or {}).get("content") or ""
         u = data.get("usage") or {}
         self.last_usage = usage.done(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+        self._learn_ratio(body, self.last_usage.prompt_tokens)
         return cut_at_stop(text, stop)
 
     def generate_tool_call(self, messages: list[Message], tools: list[dict[str, Any]], *,
@@ -170,6 +277,7 @@ class OpenAIBackend:
             calls.append(ToolCall(name=str(fn.get("name") or ""), arguments=args, raw_arguments=raw, id=str(c.get("id") or "")))
         u = data.get("usage") or {}
         self.last_usage = usage.done(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+        # No ratio learnt here: servers render tools differently (llama.cpp leaves them out when one is named).
         return ToolCallReply(content=msg.get("content") or "", tool_calls=calls, finish_reason=choice.get("finish_reason"))
 
     # ---- internals ------------------------------------------------------------------------------
@@ -182,7 +290,7 @@ class OpenAIBackend:
             "temperature": self.default_temperature if temperature is None else temperature,
         }
         if stop:
-            body["stop"] = list(stop)[:MAX_STOP]
+            body["stop"] = _fewest_stops(stop)[:MAX_STOP]
         return body
 
     def _choice(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -256,6 +364,13 @@ class OpenAIBackend:
             pass
         detail = " ".join(str(detail).split())[:300]
         if status in (401, 403):
-            return _unavailable(f"the LLM server at {self.base_url} refused the request ({status}): set the API key in "
-                                f"${self.api_key_env} ({detail})")
-        return _unavailable(f"the LLM server at {self.base_url} answered {status}: {detail}")
+            exc = _unavailable(f"the LLM server at {self.base_url} refused the request ({status}): set the API key in "
+                               f"${self.api_key_env} ({detail})")
+        elif re.search(r"context|maximum.{0,20}length|too long", detail, re.I):
+            exc = _unavailable(f"the LLM server at {self.base_url} answered {status}: {detail} (start the server with a "
+                               "larger context, e.g. llama.cpp server --n_ctx 4096, or lower llm.n_ctx so the prompt "
+                               "budget trims more)")
+        else:
+            exc = _unavailable(f"the LLM server at {self.base_url} answered {status}: {detail}")
+        exc.status = status  # type: ignore[attr-defined]
+        return exc
