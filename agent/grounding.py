@@ -68,10 +68,22 @@ ROLE_NAMES: dict[str, set[str]] = {
 
 
 def field_role(name: str) -> str | None:
+    """The role a field NAME usually has (for evaluation cases and tools that declare no roles)."""
     for role, names in ROLE_NAMES.items():
         if name in names:
             return role
     return None
+
+
+def model_roles(model: type[BaseModel]) -> dict[str, str]:
+    """{field: role} of an args model. The roles its fields declare (`Field(json_schema_extra={"role": ...})`)
+    are authoritative; a model that declares none (a third-party tool) is read by field names."""
+    from synthehr.tools.base import arg_roles
+
+    declared = arg_roles(model)
+    if declared:
+        return declared
+    return {k: r for k in model.model_fields if (r := field_role(k))}
 
 
 # ---- facts from the user's words --------------------------------------------------------------
@@ -378,8 +390,9 @@ def check_limits(facts: Facts, settings: "Settings") -> None:
 
 def check_args_limits(spec: "ToolSpec", args: dict[str, Any], settings: "Settings") -> None:
     """Decline tool arguments above the limits (whatever wrote them)."""
+    roles = model_roles(spec.args_model)
     for key, value in args.items():
-        role = field_role(key)
+        role = roles.get(key)
         if role == "n" and isinstance(value, (int, float)) and not isinstance(value, bool):
             check_limits(Facts(text="", n=int(value)), settings)
         elif role == "epsilon" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -445,8 +458,9 @@ def ground_args(
     out = dict(args)
     notes: list[str] = []
     fields = _fields(spec.args_model)
+    roles = model_roles(spec.args_model)
     last = _last_generation(session)
-    is_generation = any(field_role(k) == "condition" for k in fields) and any(field_role(k) == "n" for k in fields)
+    is_generation = {"condition", "n"} <= set(roles.values())
     inherit = is_generation and last is not None and (facts.follow_up or facts.condition is None)
 
     def set_(key: str, value: Any, why: str) -> None:
@@ -460,7 +474,7 @@ def ground_args(
             notes.append(f"{key}: dropped {out.pop(key)!r} ({why})")
 
     for key, info in fields.items():
-        role = field_role(key)
+        role = roles.get(key)
         if role is None:
             _ground_choice(key, info, out, facts, notes)
             continue

@@ -74,7 +74,8 @@ class TurnResult:
     parse_failures: int = 0
     llm_calls: int = 0
     session: str = "default"
-    composed: bool = False  # the answer was composed from tool output (the model's was unusable)
+    composed: bool = False  # the answer was written from the tools' results (not the model's wording)
+    answer_problems: list[str] = field(default_factory=list)  # why the model's own wording was not used
     latency_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,9 +278,7 @@ class ReActAgent:
             result.llm_calls += 1
             step_text = cut_at_stop(raw, prompts.STOP).strip()
             parsed, error = self._parse(step_text)
-            thought = _thought(step_text)
-            if thought:
-                self.emit("thought", text=thought)
+            thought = _thought(step_text)  # the model's own line: kept in the step, not shown as progress
             if error is not None:
                 result.parse_failures += 1
                 consecutive_failures += 1
@@ -483,7 +482,10 @@ class ReActAgent:
                 raise _Stop(self._finalize(None, facts.text, sess))
             return msg
         calls.add(key)
-        self.emit("action", tool=tool, args=call_args, text=thought)
+        doing = describe_call(spec, self.deps, validated)
+        step["doing"] = doing
+        self.emit("thought", tool=tool, args=call_args, text=doing)
+        self.emit("action", tool=tool, args=call_args, text=doing)
         before = sess.state.to_dict()
         content, artifact, ok = invoke_tool(self.tools[tool], call_args, f"call-{uuid.uuid4().hex[:8]}")
         if ok and artifact is not None:
@@ -495,13 +497,15 @@ class ReActAgent:
             files = [f for f in files if f not in outside]
             step.setdefault("notes", []).append(f"{len(outside)} file path(s) outside the workspace withheld")
         step.update(observation=obs, files=files, ok=ok, data=_safe_data(artifact.data if artifact else None))
+        if ok and artifact is not None and hasattr(artifact, "typed"):
+            step["result"] = _safe_data(artifact.typed())
         if not ok:
             step["error"] = "tool"
         self.emit("observation" if ok else "error", tool=tool, args=call_args, text=obs, files=files)
         return obs
 
     def _is_generation(self, tool: str) -> bool:
-        roles = {grounding.field_role(k) for k in self.registry.get(tool).args_model.model_fields}
+        roles = set(grounding.model_roles(self.registry.get(tool).args_model).values())
         return {"condition", "n"} <= roles
 
     def _sources(self) -> list[str]:
@@ -518,40 +522,48 @@ class ReActAgent:
 
     # -- the final answer ---------------------------------------------------------------------------------
     def _finalize(self, model_answer: str | None, text: str, sess: session_mod.Session) -> str:
+        """The answer: written from the tools' typed results (synthehr.agent.answer); a capable model's own
+        wording is kept only when the verifier finds every number, id and claim in those results."""
+        from synthehr.agent import answer as answer_mod
+
         done = [s for s in self.steps if s.get("tool") and s.get("observation") and s.get("error") != "repeat"]
-        answer = (model_answer or "").strip()
+        model = _drop_trailing_questions((model_answer or "").strip())
         if not done:
-            if _usable(answer):
-                return answer
+            if _usable(model):
+                return model
             errors = [s["observation"] for s in self.steps if s.get("observation")]
             if errors:
                 self.result.composed = True
                 return "I could not complete the request. " + errors[-1]
             return CAPABILITIES
-        # A small model often ends with a question of its own after the facts; after a tool ran it is noise.
-        answer = _drop_trailing_questions(answer)
-        evidence = " ".join([text, sess.context_text()] + [json.dumps(s.get("args") or {}) + " " + s["observation"]
-                                                          for s in done])
-        files = list(dict.fromkeys(f for s in done for f in (s.get("files") or [])))
-        ok_obs = " ".join(s["observation"] for s in done if s.get("ok"))
-        if _usable(answer) and _faithful(answer, evidence) and (not ok_obs or _grounded_in(answer, ok_obs)):
-            missing = [f for f in files if Path(f).name not in answer and f not in answer]
-            extra = []
-            if files and len(missing) == len(files):
-                extra.append("Files: " + ", ".join(files))
-            if not re.search(r"\b(?:source|nhanes|guideline|\[\d\])", answer, re.I):
-                cited = _source_sentences(ok_obs)
-                if cited:
-                    extra.append("Sources (tool output): " + cited)
-            return answer + ("\n\n" + "\n".join(extra) if extra else "")
-        self.result.composed = True
-        lines = ["Here is what the tools reported (tool output, quoted):"]
-        for s in done:
-            status = "" if s.get("ok") else " (error)"
-            lines.append(f"- {s['tool']}{status}: {s['observation']}")
-        if files:
-            lines.append("Files: " + ", ".join(files))
-        return "\n".join(lines)
+        self.emit("thought", text="Writing the answer from the results.")
+        chosen, problems = answer_mod.choose_answer(
+            model if _usable(model) else None, self.steps, model_phrases=self._model_phrases(), request=text,
+            context=sess.context_text(), root=self.deps.workspace.root)
+        self.result.composed = chosen != model
+        self.result.answer_problems = problems
+        return chosen
+
+    def _model_phrases(self) -> bool:
+        """Whether the model may phrase the answer (capable models); the embedded model never does."""
+        flag = getattr(self.backend, "phrases_answers", None)
+        if flag is not None:
+            return bool(flag)
+        return getattr(self.backend, "name", "") != "embedded"
+
+
+def describe_call(spec: Any, deps: "Deps", args: Any) -> str:
+    """What the agent is about to do, in the clinician's words (the tool's own `describe`, else its description)."""
+    fn = getattr(spec, "describe", None)
+    if fn is not None:
+        try:
+            text = fn(deps, args)
+            if text:
+                return str(text)
+        except Exception:  # noqa: BLE001 - a description must never stop the call
+            pass
+    first = re.split(r"(?<=[.:])\s", " ".join(spec.description.split()))[0].rstrip(".:")
+    return first[:1].upper() + first[1:] + "."
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
@@ -591,53 +603,6 @@ def _usable(answer: str) -> bool:
         return False
     words = re.findall(r"\w+", a.lower())
     return len(set(words)) >= max(3, len(words) // 4)
-
-
-_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?")
-
-
-def _numbers(text: str) -> set[float]:
-    out = set()
-    for m in _NUMBER.finditer(text):
-        try:
-            out.add(round(float(m.group(0).replace(",", "")), 6))
-        except ValueError:
-            pass
-    return out
-
-
-def _faithful(answer: str, evidence: str) -> bool:
-    """Every number in the answer occurs in the request, the context, the arguments or the observations."""
-    have = _numbers(evidence)
-    for n in _numbers(answer):
-        if n not in have and not any(abs(n - h) <= 0.051 * max(abs(h), 1e-9) and abs(n - h) < 1 for h in have):
-            return False
-    ids = re.findall(r"\b[a-z]+-\d{8}-\d{6}-[0-9a-f]{6}\b", answer)
-    return all(i in evidence for i in ids)
-
-
-_REFUSAL = re.compile(r"\b(?:sorry|can't|cannot|unable|not able|as an ai)\b", re.I)
-_STOPWORDS = set("the a an of and or in on for to with from by is are was were be this that these those it its "
-                 "as at i you we they he she them their our your have has had not no yes".split())
-
-
-def _grounded_in(answer: str, observations: str) -> bool:
-    """After a tool succeeded, the answer must use its output (a number, an id or several content words)
-    and must not claim it could not help."""
-    if _REFUSAL.search(answer):
-        return False
-    if _numbers(answer) & _numbers(observations):
-        return True
-    aw = {w for w in re.findall(r"[a-z0-9-]+", answer.lower()) if w not in _STOPWORDS and len(w) > 2}
-    ow = {w for w in re.findall(r"[a-z0-9-]+", observations.lower()) if w not in _STOPWORDS and len(w) > 2}
-    return len(aw & ow) >= 3
-
-
-def _source_sentences(observations: str) -> str:
-    """The sentences of the tool output that name sources or guidelines."""
-    sentences = re.split(r"(?<=[.!?])\s+", observations)
-    picked = [x.strip() for x in sentences if re.search(r"\b(?:sources?|guidelines?)\b|\[\d\]", x, re.I)]
-    return " ".join(dict.fromkeys(picked))[:600]
 
 
 def _safe_data(data: Any) -> Any:

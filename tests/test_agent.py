@@ -295,7 +295,7 @@ def test_garbage_final_answer_is_composed_from_tool_output(deps, registry, rec):
     script = [step("generate_cohort", {"condition": "type 2 diabetes", "n": 200}), final("ok ok")]
     result, _ = turn(deps, script, "generate 200 type 2 diabetes patients", registry)
     assert result.composed
-    assert "tool output" in result.answer and "Generated 200" in result.answer and "data.csv" in result.answer
+    assert "tool output" not in result.answer and "Generated 200" in result.answer and "data.csv" in result.answer
 
 
 def test_unfaithful_numbers_in_the_answer_are_replaced(deps, registry, rec):

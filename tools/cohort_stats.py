@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthehr.tools.engines import stats as se
-from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.base import Figure, Missing, ToolInputError, ToolResult, ToolSpec
 from synthehr.tools.store.datasets import dataset_card, resolve_dataset
 from synthehr.tools.deps import Deps
 
@@ -44,28 +44,28 @@ class CohortStatsArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
-        "last",
+        "last", json_schema_extra={"role": "dataset"},
         description='Synthetic data set id (e.g. "ds-20261126-...") or "last" for the one generated most recently '
         "in this conversation. Real data sources cannot be summarised.",
     )
     columns: list[str] | None = Field(
-        None, description="Observations to summarise, e.g. [\"hba1c_pct\", \"bmi_kg_m2\"]. Default: the condition's key observations."
+        None, json_schema_extra={"role": "columns"}, description="Observations to summarise, e.g. [\"hba1c_pct\", \"bmi_kg_m2\"]. Default: the condition's key observations."
     )
     by: list[str] | None = Field(
-        None,
+        None, json_schema_extra={"role": "by"},
         description='Group the statistics by one or two columns, e.g. ["sex"] or ["sex", "age_band"] '
         "(age_band is 18-44 / 45-64 / 65+; also race_ethnicity or any categorical column).",
     )
     thresholds: list[str] | None = Field(
-        None,
+        None, json_schema_extra={"role": "thresholds"},
         description='Cut points to report the share of patients meeting, e.g. ["hba1c_pct>=9", "bp>=130/80"]. '
         "Default: the condition profile's guideline thresholds.",
     )
     correlation: list[str] | None = Field(
-        None, description='Two numeric observations to correlate (Pearson and Spearman), e.g. ["bmi_kg_m2", "hba1c_pct"].'
+        None, json_schema_extra={"role": "correlation"}, description='Two numeric observations to correlate (Pearson and Spearman), e.g. ["bmi_kg_m2", "hba1c_pct"].'
     )
     plot: list[str] | None = Field(
-        None,
+        None, json_schema_extra={"role": "plot"},
         description='PNG plots to draw: observation names (histogram or bar chart), "heatmap" (correlations), '
         '"grouped" (box/bar plot by the `by` groups) or "scatter" (the correlation pair).',
     )
@@ -450,7 +450,58 @@ def cohort_stats(deps: Deps, args: CohortStatsArgs) -> ToolResult:
     if files:
         names = ", ".join(Path(f).name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
         parts.append(f"{len(files)} plot(s) in {ds.plots_dir}: {names}.")
-    return ToolResult(text=" ".join(parts), data=data, files=files)
+    return ToolResult(text=" ".join(parts), data=data, files=files, **_typed(ds, columns, stats, shares, data, files,
+                                                                         bool(args.thresholds)))
+
+
+def _label(ds: LoadedDataset, column: str) -> str:
+    info = ds.columns.get(column)
+    label = info.label if info is not None and getattr(info, "label", None) else column.replace("_", " ")
+    return label if label[:4].isupper() else label[:1].lower() + label[1:]
+
+
+def _typed(ds: LoadedDataset, columns: list[str], stats: dict[str, Any], shares: list[dict[str, Any]],
+           data: dict[str, Any], files: list[str], user_thresholds: bool) -> dict[str, Any]:
+    """The typed result fields the answer writer reads: each figure once, labelled in clinical words."""
+    n = int(data["n_rows"])
+    figures: list[Figure] = []
+    missing: list[Missing] = []
+    for c in columns[:TEXT_COLUMNS]:
+        s, info = stats[c], ds.columns[c]
+        label = _label(ds, c)
+        unit = info.unit if info.unit and info.unit != "ratio" else ""
+        if s["n"] == 0:
+            missing.append(Missing(item=label, reason="no patient in this data set has a value"))
+            continue
+        if s["kind"] == "numeric":
+            figures.append(Figure(label=f"mean {label}", value=_round(s["mean"]), unit=unit))
+            figures.append(Figure(label=f"SD of {label}", value=_round(s["sd"]), unit=unit))
+            figures.append(Figure(label=f"median {label}", value=_round(s["median"]), unit=unit))
+        elif s["kind"] == "binary" and s.get("proportion_1") is not None:
+            figures.append(Figure(label=f"{label}: yes", value=round(100 * s["proportion_1"], 1), unit="%"))
+        else:
+            top = sorted((s.get("proportions") or {}).items(), key=lambda kv: -(kv[1] or 0))[:4]
+            figures += [Figure(label=f"{label}: {k}", value=round(100 * (v or 0), 1), unit="%") for k, v in top]
+        if s.get("missing"):
+            figures.append(Figure(label=f"patients without a {label} value", value=int(s["missing"]), unit="patients"))
+    for t in (shares if user_thresholds else shares[-TEXT_THRESHOLDS:]):
+        if t.get("share") is not None:
+            figures.append(Figure(label=f"patients with {t['threshold']}", value=round(100 * t["share"], 1), unit="%"))
+    if data.get("correlation"):
+        cr = data["correlation"]
+        if cr.get("pearson") is not None:
+            figures.append(Figure(label=f"Pearson correlation of {_label(ds, cr['x'])} and {_label(ds, cr['y'])}",
+                                  value=round(cr["pearson"], 2)))
+    what = ", ".join(_label(ds, c) for c in columns[:TEXT_COLUMNS])
+    summary = f"Statistics of the {n:,} synthetic patients in {ds.id}" + (f" ({what})." if what else ".")
+    plots = [f for f in files if str(f).lower().endswith((".png", ".svg", ".jpg"))]
+    return {"summary": summary, "figures": figures, "missing": missing, "plots": plots}
+
+
+def _round(v: float | None) -> float:
+    if v is None:
+        return float("nan")
+    return round(float(v), 2 if abs(v) < 10 else 1)
 
 
 SPEC = ToolSpec(

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.base import Figure, Missing, SourceRef, ToolInputError, ToolResult, ToolSpec
 from synthehr.tools.deps import Deps
 from synthehr.tools.store.schema import ColumnType, SourceSchema
 from synthehr.tools.store.workspace import atomic_write_text, new_id, now_iso
@@ -46,19 +46,22 @@ class FilterSpec(BaseModel):
 class GenerateCohortArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    condition: str = Field(description="The condition of the cohort in plain words, e.g. 'type 2 diabetes'.")
-    n: int | None = Field(default=None, gt=0, description="Number of synthetic patients (records) to generate.")
+    condition: str = Field(json_schema_extra={"role": "condition"}, description="The condition of the cohort in plain words, e.g. 'type 2 diabetes'.")
+    n: int | None = Field(json_schema_extra={"role": "n"}, default=None, gt=0, description="Number of synthetic patients (records) to generate.")
     observations: int | list[str] | None = Field(
+        json_schema_extra={"role": "n_obs"},
         default=None, description="How many of the condition's most important observations to include (e.g. 20), "
                                   "or a list of observation names (e.g. ['hba1c', 'bmi']).")
-    population: str | None = Field(default=None, description="Population the data should come from, e.g. 'US'.")
+    population: str | None = Field(json_schema_extra={"role": "population"}, default=None, description="Population the data should come from, e.g. 'US'.")
     filters: list[str | FilterSpec] | None = Field(
+        json_schema_extra={"role": "filters"},
         default=None, description="Extra cohort filters, e.g. ['age_years>=65', 'hba1c_pct>=9'].")
     proportions: dict[str, float] | list[str] | None = Field(
+        json_schema_extra={"role": "proportions"},
         default=None, description="Target shares, e.g. {'sex=female': 0.4, 'age_years>=65': 0.6}.")
-    epsilon: float | None = Field(default=None, gt=0, description="Privacy budget epsilon if a new generator must be trained (default from config).")
-    seed: int | None = Field(default=None, description="Random seed (same seed, same records).")
-    source: str | None = Field(default=None, description="Registered data source to use (overrides population).")
+    epsilon: float | None = Field(json_schema_extra={"role": "epsilon"}, default=None, gt=0, description="Privacy budget epsilon if a new generator must be trained (default from config).")
+    seed: int | None = Field(json_schema_extra={"role": "seed"}, default=None, description="Random seed (same seed, same records).")
+    source: str | None = Field(json_schema_extra={"role": "source"}, default=None, description="Registered data source to use (overrides population).")
 
 
 # ---- condition, source, cohort ------------------------------------------------------------
@@ -342,7 +345,75 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
             f"{model.accountant} accountant, model {model_id}{' (newly trained)' if trained else ' (reused)'}. "
             f"Key stats: {format_stats(stats)}.{miss_txt}")
     files = [info["files"][k] for k in ("csv", "parquet", "card_json", "card_md")]
-    return ToolResult(text=text, data=result, files=files)
+    return ToolResult(text=text, data=result, files=files, **_typed(n, profile, schema, source, filters, model, trained,
+                                                                     stats, chosen, missing, info["card"]))
+
+
+def document_title(doc_id: str) -> tuple[str, str]:
+    """(title, url) of a packaged knowledge document; the id itself when there is none."""
+    from synthehr.tools.store.profiles import document_paths, parse_document
+
+    for path in document_paths():
+        if Path(str(path)).stem == doc_id:
+            try:
+                meta, _ = parse_document(path)
+                return meta.title, meta.url
+            except Exception:  # noqa: BLE001 - a damaged document: the id still names it
+                break
+    return doc_id, ""
+
+
+_OP_WORDS = {">=": "{v} or more", ">": "over {v}", "<=": "{v} or less", "<": "under {v}", "!=": "not {v}"}
+
+
+def plain_filter(rule: str, schema: SourceSchema) -> str:
+    """'age_years>=65' -> 'aged 65 or over'; 'sex=female' -> 'women only'; 'insulin_now=1' -> 'taking insulin now'."""
+    m = re.match(r"^\s*(\w+)\s*(>=|<=|==|!=|=|>|<)\s*(.+?)\s*$", rule)
+    if not m:
+        return rule
+    col, op, value = m.group(1), m.group(2), m.group(3).strip("'\"")
+    info = schema.column_map().get(col)
+    label = (info.label if info is not None else col.replace("_", " ")).lower()
+    if col == "age_years":
+        return {">=": f"aged {value} or over", ">": f"older than {value}", "<=": f"aged {value} or under",
+                "<": f"younger than {value}"}.get(op, f"age {op} {value}")
+    if col == "sex" and op in ("=", "=="):
+        return {"female": "women only", "male": "men only"}.get(value, f"sex {value}")
+    if op in ("=", "==") and value.lower() in ("1", "true", "yes"):
+        return label
+    if op in ("=", "==") and value.lower() in ("0", "false", "no"):
+        return f"not: {label}"
+    if op in ("=", "=="):
+        return f"{label}: {value}"
+    return f"{label} " + _OP_WORDS[op].format(v=value)
+
+
+_STAT_FIGURES = {"mean_age_years": ("mean age", "years"), "pct_female": ("women", "%"),
+                 "mean_hba1c_pct": ("mean HbA1c", "%"), "mean_bmi_kg_m2": ("mean BMI", "kg/m2"),
+                 "mean_sbp_mmhg": ("mean systolic blood pressure", "mmHg")}
+
+
+def _typed(n: int, profile: Any, schema: SourceSchema, source: str, filters: list, model: Any, trained: bool,
+           stats: dict[str, float], chosen: list[dict], missing: list[dict], card: dict[str, Any]) -> dict[str, Any]:
+    """The typed result fields the answer writer reads (plain clinical language, no tool jargon)."""
+    title = schema.meta.title
+    where = f" ({', '.join(plain_filter(f.text(), schema) for f in filters)})" if filters else ""
+    summary = (f"I generated {n:,} synthetic patients with {profile.name}{where} from {title}, "
+               f"with {len(chosen)} observations besides age, sex and race/ethnicity.")
+    g_title, g_url = document_title(profile.guideline)
+    definition = " ".join(profile.cohort.description.split())
+    statements = [f"Cohort definition ({g_title}): {definition}"]
+    figures = [Figure(label=_STAT_FIGURES[k][0], value=v, unit=_STAT_FIGURES[k][1]) for k, v in stats.items()
+               if k in _STAT_FIGURES]
+    gone = [Missing(item=m["label"], reason=f"{title} does not measure it") for m in missing if m["name"] != "(more)"]
+    gone += [Missing(item=m["label"], reason="the source has no further observations of this condition")
+             for m in missing if m["name"] == "(more)"]
+    privacy = (f"The generator was {'trained for this request' if trained else 'trained earlier'} with differential "
+               f"privacy (epsilon {model.epsilon:.2g}, delta {model.delta:.1g}), so no real patient can be singled "
+               f"out from these records.")
+    sources = [SourceRef(title=title, url=schema.meta.url or ""), SourceRef(title=g_title, url=g_url)]
+    return {"summary": summary, "statements": statements, "figures": figures, "missing": gone, "privacy": privacy,
+            "sources": sources}
 
 
 def key_stats(frame: pd.DataFrame) -> dict[str, float]:

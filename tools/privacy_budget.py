@@ -12,7 +12,7 @@ class PrivacyBudgetArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str | None = Field(
-        None, description="Data source name, e.g. nhanes-2017-2018. Leave empty for every registered source."
+        None, json_schema_extra={"role": "source"}, description="Data source name, e.g. nhanes-2017-2018. Leave empty for every registered source."
     )
 
 
@@ -42,7 +42,15 @@ def privacy_budget(deps: Deps, args: PrivacyBudgetArgs) -> ToolResult:
             f"{name}: spent epsilon {eps:.3g} of {p.source_budget_epsilon:g} (left {max(p.source_budget_epsilon - eps, 0):.3g}), "
             f"delta {delta:.2g} of {p.source_budget_delta:.2g}, in {len(charges)} charge(s)."
         )
-    return ToolResult(text=" ".join(lines), data={"sources": rows})
+    from synthehr.tools.base import Figure
+
+    figures = []
+    for r in rows:
+        figures += [Figure(label=f"epsilon spent on {r['source']}", value=round(r["spent_epsilon"], 3)),
+                    Figure(label=f"epsilon left for {r['source']}", value=round(r["left_epsilon"], 3)),
+                    Figure(label=f"epsilon budget of {r['source']}", value=r["budget_epsilon"])]
+    summary = "The privacy budget of " + ", ".join(r["source"] for r in rows) + ":" if rows else "No data source is registered."
+    return ToolResult(text=" ".join(lines), data={"sources": rows}, summary=summary, figures=figures)
 
 
 SPEC = ToolSpec(

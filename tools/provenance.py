@@ -49,14 +49,14 @@ class ExplainProvenanceArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(
-        ...,
+        ..., json_schema_extra={"role": "question"},
         min_length=1,
         max_length=2000,
         description="The provenance question in plain words, e.g. 'which sources was the last cohort based on?' "
         "or 'why is HbA1c 6.5 the diabetes cut-off?'",
     )
     dataset: str | None = Field(
-        None,
+        None, json_schema_extra={"role": "dataset"},
         description="A generated data set to explain: its id, or 'last' for the one just made. Leave empty for "
         "general questions about sources, guidelines and methods.",
     )
@@ -322,7 +322,17 @@ def explain_provenance(deps: "Deps", args: ExplainProvenanceArgs) -> ToolResult:
         "citations": citations,
         "lineage": lineage,
     }
-    return ToolResult(text=text, data=data)
+    from synthehr.tools.base import SourceRef
+
+    sources = [SourceRef(title=p["title"], url=p["url"], section=p["section"], n=p["n"], quotes=list(p["sentences"]))
+               for p in passages]
+    if passages:
+        summary = "From the knowledge base:"
+    else:
+        summary = "The knowledge base has no passage that answers this question, so I cannot answer it from cited sources."
+    statements = ["No data set has been generated yet in this conversation, so there is no lineage to explain."] \
+        if asked and row is None else []
+    return ToolResult(text=text, data=data, summary=summary, statements=statements, sources=sources)
 
 
 SPEC = ToolSpec(
