@@ -51,19 +51,28 @@ def _short(value: Any, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def event_printer(console: Any) -> Any:
-    """An on_event callback that shows each step live."""
+def relative_text(text: str, root: Any) -> str:
+    """`text` with the workspace's absolute path removed (paths are shown relative to the workspace)."""
+    if root is None:
+        return text
+    prefix = str(root).rstrip("/") + "/"
+    return text.replace(prefix, "")
+
+
+def event_printer(console: Any, root: Any = None) -> Any:
+    """An on_event callback that shows each step live: what the agent is doing, the tool call, its short
+    result (paths relative to the workspace). The answer itself is printed once, at the end."""
     from rich.markup import escape
 
     def on_event(ev: Any) -> None:
         if ev.kind == "thought" and ev.text:
-            console.print(f"[dim italic]thought:[/] [dim]{escape(_short(ev.text))}[/]")
+            console.print(f"[dim italic]{escape(_short(ev.text))}[/]")
         elif ev.kind == "action":
             console.print(f"[bold cyan]→ {escape(ev.tool or '')}[/] {escape(_short(ev.args or {}, 300))}")
         elif ev.kind == "observation":
-            console.print(f"[green]  ← {escape(_short(ev.text, 400))}[/]")
+            console.print(f"[green]  ← {escape(_short(relative_text(ev.text, root), 400))}[/]")
         elif ev.kind == "error":
-            console.print(f"[yellow]  ! {escape(_short(ev.text, 300))}[/]")
+            console.print(f"[yellow]  ! {escape(_short(relative_text(ev.text, root), 300))}[/]")
 
     return on_event
 
@@ -90,17 +99,25 @@ def _turn_json(result: Any) -> dict[str, Any]:
         "session": result.session,
         "parse_failures": result.parse_failures,
         "composed": result.composed,
+        "answer_problems": list(getattr(result, "answer_problems", []) or []),
     }
 
 
-def _print_answer(console: Any, result: Any) -> None:
-    from rich.markdown import Markdown
+def _print_answer(console: Any, result: Any, root: Any = None) -> None:
+    """The answer as readable text in a panel; files it does not already name follow once, relative to the
+    workspace (the answer writer names them, so usually nothing follows)."""
     from rich.panel import Panel
+    from rich.text import Text
 
-    title = "declined" if result.declined else ("answer (composed from tool output)" if result.composed else "answer")
-    console.print(Panel(Markdown(result.answer), title=title, border_style="red" if result.declined else "blue"))
-    for f in result.files:
-        console.print(f"[dim]file:[/] {f}")
+    from synthehr.agent.answer import relative_path
+
+    title = "declined" if result.declined else "answer"
+    answer = relative_text(result.answer, root)
+    console.print(Panel(Text(answer), title=title, border_style="red" if result.declined else "blue"))
+    rel = list(dict.fromkeys(relative_path(f, root) for f in result.files))
+    left = [f for f in rel if f not in answer]
+    if left:
+        console.print("[dim]files:[/] " + ", ".join(left))
 
 
 def register(app: typer.Typer) -> None:
@@ -122,12 +139,13 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=as_json)
         d = build_cli_deps(session=session, progress=RichProgress(console))
         llm = _backend(d, console)
-        result = run_turn(d, llm, text, on_event=None if as_json else event_printer(console),
+        root = d.workspace.root
+        result = run_turn(d, llm, text, on_event=None if as_json else event_printer(console, root),
                           router=_router_opt(no_router))
         if as_json:
             print_json(_turn_json(result))
         else:
-            _print_answer(console, result)
+            _print_answer(console, result, root)
 
     @app.command("chat")
     def chat(
@@ -173,12 +191,12 @@ def register(app: typer.Typer) -> None:
                 continue
             if not interactive and not as_json:
                 console.print(f"[bold green]you>[/] {line}")
-            result = run_turn(d, llm, line, on_event=None if as_json else event_printer(console),
+            result = run_turn(d, llm, line, on_event=None if as_json else event_printer(console, d.workspace.root),
                               router=_router_opt(no_router))
             if as_json:
                 typer.echo(json.dumps({"request": line, **_turn_json(result)}, default=str))
             else:
-                _print_answer(console, result)
+                _print_answer(console, result, d.workspace.root)
 
     eval_app = _eval_group(app)
 
