@@ -76,6 +76,7 @@ class TurnResult:
     session: str = "default"
     composed: bool = False  # the answer was written from the tools' results (not the model's wording)
     answer_problems: list[str] = field(default_factory=list)  # why the model's own wording was not used
+    plan: list[dict[str, Any]] = field(default_factory=list)  # the intent model's confident plan
     latency_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +151,7 @@ class ReActAgent:
         registry: "Registry",
         *,
         router: "Router | None" = None,
+        intent_model: Any = None,
         on_event: Callable[[StepEvent], None] | None = None,
         max_steps: int | None = None,
     ):
@@ -159,6 +161,7 @@ class ReActAgent:
         self.settings = deps.settings
         self.registry = registry
         self.router = router
+        self.intent_model = intent_model
         self.on_event = on_event
         self.max_steps = max_steps or self.settings.llm.max_steps
         self.lc_llm = llm if isinstance(llm, BackendLLM) else BackendLLM(
@@ -256,6 +259,18 @@ class ReActAgent:
             intents = [r for r in routes if r.confident and r.tool in self.registry]
             if routes and routes[0].tool == "none" and routes[0].confident:
                 none_route = routes[0]
+        if self.intent_model is not None and len(intents) < 2:
+            # The intent model (trained on generated paraphrases and the tools' own examples) decides when it is
+            # confident: factual questions go to retrieval, generation requests keep their attributes.
+            from synthehr.agent.intent import NONE as NO_TOOL, as_route
+
+            planned = [as_route(i) for i in self.intent_model.plan(text) if i.confident]
+            self.result.plan = [{"tool": r.tool, "p": round(r.score, 3)} for r in planned]
+            if planned and all(r.tool in self.registry for r in planned):
+                intents, none_route = planned, None
+                whole = planned[0] if len(planned) == 1 else None
+            elif len(planned) == 1 and planned[0].tool == NO_TOOL and not intents:
+                none_route = planned[0]
             if (not intents and whole is not None and whole.tool in self.registry
                     and whole.score >= self.router.min_score - 0.1
                     and self._is_generation(whole.tool) and grounding._last_generation(sess.state) is not None
@@ -630,12 +645,14 @@ def run_turn(
     on_event: Callable[[StepEvent], None] | None = None,
     router: "Router | str | None" = DEFAULT_ROUTER,
     max_steps: int | None = None,
+    intent: Any = "auto",
 ) -> TurnResult:
     """Answer one user request in the session `deps.session.name`, calling tools as the LLM decides.
 
     `llm` is an synthehr.agent.llm.base.LLMBackend (or a BackendLLM). `registry` defaults to every tool
     synthehr ships. `on_event` receives StepEvents as they happen. `router` is "auto" (the packaged
-    embedding router when it loads), None (no router) or a Router. History and tool state are saved
+    embedding router when it loads), None (no router) or a Router. `intent` is "auto" (the packaged intent
+    model whenever a router is used), None, or an synthehr.agent.intent.IntentModel. History and tool state are saved
     in the workspace's sessions table after the turn.
     """
     registry = registry if registry is not None else _default_registry()
@@ -645,5 +662,11 @@ def run_turn(
         router = default_router(registry, deps.settings.knowledge.embedding_model)
     elif isinstance(router, str):
         raise ValueError("router must be 'auto', None or a Router")
-    agent = ReActAgent(deps, llm, registry, router=router, on_event=on_event, max_steps=max_steps)
+    if intent == "auto":
+        # The intent model plans with the router; without a router the LLM alone decides (as tests script it).
+        from synthehr.agent.intent import default_intent_model
+
+        intent = default_intent_model(registry) if router is not None else None
+    agent = ReActAgent(deps, llm, registry, router=router, intent_model=intent, on_event=on_event,
+                       max_steps=max_steps)
     return agent.run(text)
