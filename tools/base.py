@@ -107,6 +107,10 @@ class ToolSpec:
     examples: tuple[str, ...] = ()
     # More phrasings for the router and the intent model only (not shown in the prompt).
     router_examples: tuple[str, ...] = ()
+    # Lexical cues (a regex) that add to the router's score of this tool, and cues a request must show for it
+    # (without one the score is lowered): short texts embed noisily.
+    router_cues: str = ""
+    router_requires: str = ""
     # One few-shot conversation for the prompt: {"request", "context"?, "thought", "args", "observation", "final"}.
     few_shot: dict[str, Any] | None = None
     # What the agent says it is doing before the call, in the clinician's words (a thought), from the

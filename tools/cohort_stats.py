@@ -521,4 +521,27 @@ SPEC = ToolSpec(
         "plot the BMI distribution",
         "is BMI correlated with HbA1c in the synthetic patients?",
     ),
+    router_examples=(
+        "what is their mean HbA1c?", "summarise the generated data", "how many of them have high blood pressure?",
+        "average age of the synthetic patients", "give me descriptive statistics of the last data set",
+        "compare BMI between men and women in the cohort", "what share of patients has HbA1c above 8%?",
+        "show the distribution of systolic blood pressure", "what fraction of the cohort takes insulin?",
+        "percentage of current smokers in the data", "how old are the patients on average?", "show me their mean values",
+        "their median systolic blood pressure", "mean age and BMI of the cohort",
+    ),
+    few_shot={
+        "request": "what is the average BMI of those patients?",
+        "context": "Last data set: ds-example-1 (condition=Hypertension, n=300). Refer to it as \"last\".",
+        "thought": "They ask a statistic of the last data set.",
+        "args": {"dataset": "last", "columns": ["bmi_kg_m2"]},
+        "observation": "Cohort ds-example-1: 300 rows. bmi_kg_m2 mean 31.2 kg/m2 (SD 6.8).",
+        "final": "The mean BMI of the 300 synthetic patients in ds-example-1 is 31.2 kg/m2 (SD 6.8).",
+    },
+    describe=lambda deps, args: (
+        f"Computing statistics of {'the last data set' if args.dataset == 'last' else args.dataset}"
+        + (f" ({', '.join(args.columns)})" if args.columns else "") + (" with plots" if args.plot else "") + "."),
+    router_cues=(
+        r'\b(?:mean|average|median|sd|standard deviation|distribution|share|proportion|percentage|how many|cor'
+        r'relat\w*|summar\w*|statistics?|describe|prevalence|fraction|histogram|plot)\b'
+    ),
 )

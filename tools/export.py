@@ -122,4 +122,10 @@ SPEC = ToolSpec(
     args_model=ExportArgs,
     func=export_dataset,
     examples=("export the last cohort as FHIR", "give me the data as a FHIR bundle"),
+    router_examples=("convert the synthetic patients to FHIR NDJSON", "export these records to FHIR R4"),
+    describe=lambda deps, args: (f"Exporting {'the last data set' if args.dataset == 'last' else args.dataset} "
+                                 f"as HL7 FHIR ({args.format})."),
+    router_cues=(
+        r'\b(?:export|fhir|ndjson|bundle)\b'
+    ),
 )

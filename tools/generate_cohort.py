@@ -226,6 +226,52 @@ def map_observations(profile: Any, schema: SourceSchema, observations: int | lis
 
 
 # ---- models -------------------------------------------------------------------------------
+def model_conditions(plan: dict[str, Any], schema: SourceSchema) -> list[str]:
+    """The columns a generator for this cohort is conditioned on."""
+    cols = schema.column_map()
+    conditions = [c for c in ([plan["cohort_column"]] if plan["cohort_column"] else [])]
+    # Binary columns of the cohort definition (e.g. diabetes_diagnosed) are conditioned on too: their
+    # joint DP histogram is cheap and keeps their share inside the cohort realistic (measured at
+    # epsilon 1: diagnosed share 0.86-0.88 vs 0.82 real, instead of 0.72-0.77).
+    conditions += [c for c in plan["rule_columns"] if c not in conditions and cols[c].type is ColumnType.binary]
+    if "sex" in cols and cols["sex"].type in (ColumnType.binary, ColumnType.categorical):
+        conditions.append("sex")
+    if not conditions:
+        conditions = [c for c in schema.condition_columns[:2]]
+    return conditions
+
+
+def has_model(deps: Deps, source: str, conditions: list[str], epsilon: float | None) -> bool:
+    """Whether find_model would find a candidate (the same checks, without loading any model)."""
+    chash = deps.catalog.content_hash(source)
+    rows = deps.workspace.query("SELECT * FROM models WHERE source = ?", (source,))
+    for row in rows:
+        if not set(conditions) <= set(json.loads(row["conditions_json"] or "[]")):
+            continue
+        if epsilon is not None and float(row["epsilon"]) > epsilon + 1e-12:
+            continue
+        if json.loads(row["manifest_json"] or "{}").get("extra", {}).get("source_content_hash") == chash:
+            return True
+    return False
+
+
+def describe(deps: Deps, args: GenerateCohortArgs) -> str:
+    """The thought before the call: what will be generated, from what, and whether a model must be trained first."""
+    profile = resolve_profile(args.condition)
+    source = pick_source(deps, profile, args.population, args.source)
+    schema = deps.catalog.get(source)
+    n = args.n or deps.settings.generation.default_rows
+    filters = [f if isinstance(f, str) else FilterSpec.model_validate(f).model_dump() for f in (args.filters or [])]
+    where = ", ".join(plain_filter(f, schema) if isinstance(f, str) else f"{f['column']} {f['op']} {f['value']}"
+                      for f in filters)
+    text = f"Generating {n:,} patients with {profile.name}" + (f" ({where})" if where else "") + \
+        f" from {schema.meta.title}"
+    if has_model(deps, source, model_conditions(cohort_plan(profile, schema), schema), args.epsilon):
+        return text + "; reusing the trained generator."
+    eps = args.epsilon or deps.settings.privacy.target_epsilon
+    return text + f"; no trained model yet, so training one first with epsilon {eps:g} (about a minute)."
+
+
 def find_model(deps: Deps, source: str, conditions: list[str], epsilon: float | None) -> Any | None:
     """A saved model for this source (same content hash) whose conditions cover `conditions` and epsilon <= asked."""
     from synthehr.tools.engines.dpgan import ModelLoadError, TrainedGenerator
@@ -274,15 +320,7 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
     filters = parse_filters(filter_items, schema)  # validates now (ToolInputError)
     strata = parse_proportions(args.proportions, schema)
     cols = schema.column_map()
-    conditions = [c for c in ([plan["cohort_column"]] if plan["cohort_column"] else [])]
-    # Binary columns of the cohort definition (e.g. diabetes_diagnosed) are conditioned on too: their
-    # joint DP histogram is cheap and keeps their share inside the cohort realistic (measured at
-    # epsilon 1: diagnosed share 0.86-0.88 vs 0.82 real, instead of 0.72-0.77).
-    conditions += [c for c in plan["rule_columns"] if c not in conditions and cols[c].type is ColumnType.binary]
-    if "sex" in cols and cols["sex"].type in (ColumnType.binary, ColumnType.categorical):
-        conditions.append("sex")
-    if not conditions:
-        conditions = [c for c in schema.condition_columns[:2]]
+    conditions = model_conditions(plan, schema)
     found = find_model(deps, source, conditions, args.epsilon)
     trained = False
     if found is None:
@@ -566,4 +604,34 @@ SPEC = ToolSpec(
     func=generate_cohort,
     examples=("generate 2000 Type 2 diabetes patients EHR data with 20 important diabetes observations based on the US population",
               "make 500 synthetic diabetics aged 65 or over, 40% women"),
+    router_examples=(
+        "generate 500 patients with type 2 diabetes", "create a synthetic cohort of heart failure patients",
+        "simulate EHR data for COPD patients in the US", "I need synthetic records of people with chronic kidney disease",
+        "make a fake dataset of hypertensive adults with 10 observations", "produce synthetic diabetic patients aged over 50",
+        "make them older", "only women", "same cohort but only men", "now do it again with 300 patients",
+        "generate synthetic EHR data based on the US population",
+        "build me a synthetic data set with the most important observations", "generate 400 patients with epsilon 0.5",
+        "create a heart failure cohort with a privacy budget of epsilon 2", "synthesize records for people with kidney disease",
+        "generate diabetics on insulin", "create 300 hypertensive smokers",
+    ),
+    few_shot={
+        "request": "create 300 synthetic hypertension patients with 8 key observations from the US population",
+        "thought": "The user wants a synthetic cohort: generate it.",
+        "args": {"condition": "hypertension", "n": 300, "observations": 8, "population": "US"},
+        "observation": "Wrote 300 synthetic Hypertension records to datasets/ds-example-1/data.csv. Dataset id "
+                       "ds-example-1. Source: NHANES 2017-2018. Privacy: epsilon 1.0. Key stats: mean SBP 139 mmHg.",
+        "final": "I generated 300 synthetic hypertension patients (datasets/ds-example-1/data.csv, epsilon 1.0); "
+                 "mean systolic BP 139 mmHg. Source: NHANES 2017-2018.",
+    },
+    describe=describe,
+    router_cues=(
+        r'\b(?:generate|create|simulate|synthesi[sz]e|produce|build|make|give me|need|want)\b.{0,60}\b(?:patie'
+        r'nts?|records?|cohort|people|data ?set|ehr|adults|women|men|diabetics)\b|\b(?:older|younger|only (?:w'
+        r'omen|men|females|males)|restrict|limit it|narrow)\b'
+    ),
+    router_requires=(
+        r'\b(?:generate|create|simulate|synthesi[sz]e|produce|build|make|give|need|want|get|sample|fake|synthe'
+        r'tic|cohort|again|same|instead|only|older|younger|restrict|limit|women|men|females?|males?|aged?|over'
+        r'|under)\b|\d'
+    ),
 )

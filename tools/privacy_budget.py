@@ -62,4 +62,10 @@ SPEC = ToolSpec(
     args_model=PrivacyBudgetArgs,
     func=privacy_budget,
     examples=("how much privacy budget is left?", "what epsilon has NHANES spent so far?"),
+    router_examples=("how much epsilon is left for NHANES?", "show the privacy ledger",
+                     "how much privacy budget have we spent?"),
+    describe=lambda deps, args: f"Reading the privacy ledger{' of ' + args.source if args.source else ''}.",
+    router_cues=(
+        r'\b(?:budget|ledger|spent|left)\b.{0,40}\b(?:privacy|epsilon|budget)\b|\bprivacy budget\b'
+    ),
 )

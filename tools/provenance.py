@@ -350,4 +350,31 @@ SPEC = ToolSpec(
         "why is HbA1c 6.5 % the cut-off for diabetes?",
         "what does epsilon 1 mean?",
     ),
+    router_examples=(
+        "where did this data come from?", "which real-world data sources and guidelines was this based on?",
+        "what guideline defines the cohort?", "how was this data set made and with what privacy guarantee?",
+        "explain the lineage of the last data set", "what does differential privacy mean here?",
+        "cite the sources of these records", "what is DP-SGD?", "which guideline defines heart failure?",
+        "tell me about a data source: publisher, years and licence",
+        "what is the definition of chronic kidney disease used here?", "who publishes the survey data?",
+        "how does the guideline stage the disease?", "what does delta mean?",
+    ),
+    few_shot={
+        "request": "which data sources and guidelines is this cohort based on?",
+        "context": "Last data set: ds-example-1 (condition=Hypertension, n=300). Refer to it as \"last\".",
+        "thought": "They ask for provenance of the last data set.",
+        "args": {"question": "which data sources and guidelines is this cohort based on?", "dataset": "last"},
+        "observation": "[1] Lineage of ds-example-1: sampled from a DP-GAN trained on NHANES 2017-2018 (epsilon 1.0). "
+                       "[2] ACC/AHA 2017 blood pressure guideline: defines hypertension as 130/80 mmHg or higher.",
+        "final": "It is based on NHANES 2017-2018 [1], through a DP-GAN trained with epsilon 1.0, and the cohort "
+                 "follows the ACC/AHA 2017 blood pressure guideline [2].",
+    },
+    describe=lambda deps, args: ("Searching the knowledge base (data sources, guidelines, privacy methods"
+                                 + (", and this data set's lineage" if args.dataset else "") + ") for: "
+                                 + (args.question if len(args.question) <= 120 else args.question[:119] + "…")),
+    router_cues=(
+        r'\b(?:sources?|guidelines?|come from|came from|based on|lineage|provenance|cite|citations?|licen[cs]e'
+        r'|publisher|why is|what does .{0,30} mean|dp-sgd|differential privacy|how was|explain|defin\w*|classi'
+        r'f\w*|criteria)\b'
+    ),
 )

@@ -215,4 +215,8 @@ SPEC = ToolSpec(
     func=train_generator,
     examples=("train a generator on nhanes-2017-2018 with epsilon 1",
               "train a DP model on NHANES with epsilon 3 using the rdp accountant"),
+    router_examples=("train a generator on NHANES", "fit a new DP-GAN model with epsilon 2",
+                     "train a differentially private model for diabetes without sampling yet"),
+    describe=lambda deps, args: (f"Training a differentially private generator on {args.source} with epsilon "
+                                 f"{args.epsilon:g} (about a minute; this spends privacy budget)."),
 )
