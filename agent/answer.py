@@ -161,6 +161,8 @@ def _result_paragraphs(step: dict[str, Any], root: Path | str | None, cite_offse
         paras.append("Key figures: " + "; ".join(_fmt_figure(f) for f in figures) + ".")
     if r.get("missing"):
         paras.append(_missing_text(r["missing"]))
+    if step.get("unmet"):
+        paras.append("Not applied, because the data source does not record it: " + ", ".join(step["unmet"]) + ".")
     if r.get("privacy"):
         paras.append("Privacy: " + r["privacy"])
     used = 0

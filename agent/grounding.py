@@ -196,6 +196,10 @@ class Facts:
     younger: bool = False
     follow_up: bool = False
     numbers: set[float] = field(default_factory=set)
+    # Clinical attributes of a generation request: filter rules on source columns ("insulin_now=1", with the
+    # user's phrase), and attributes no source records (named in the answer, never silently dropped).
+    attributes: list[tuple[str, str]] = field(default_factory=list)
+    unmet: list[str] = field(default_factory=list)
 
     def filters(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -290,6 +294,8 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
     fem, male = bool(_FEMALE.search(t)), bool(_MALE.search(t))
     if fem != male:
         facts.sex = "female" if fem else "male"
+    facts.attributes, facts.unmet = clinical_attributes(t)
+    t = UNMEASURED.sub(" ", _THRESHOLD.sub(" ", t))  # "HbA1c above 9" and "CKD stage 3" are not ages
     m = _AGE_RANGE.search(t)
     if m:
         lo, hi = sorted((int(m.group(1)), int(m.group(2))))
@@ -449,6 +455,7 @@ def ground_args(
     settings: "Settings",
     profiles: dict[str, Any] | None = None,
     sources: list[str] | None = None,
+    columns: set[str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Return (grounded arguments, notes saying what was changed). Raises ToolInputError when the
     condition cannot be resolved and Decline when a limit is exceeded."""
@@ -587,7 +594,7 @@ def ground_args(
         elif role == "question":
             set_(key, facts.text.strip()[:2000], "the user's question")
         elif role == "filters":
-            _ground_filters(key, info, out, facts, last if inherit else None, notes)
+            _ground_filters(key, info, out, facts, last if inherit else None, notes, columns)
         elif role in ("age_min", "age_max", "sex"):
             value = _filter_value(role, facts, (last or {}).get(key) if inherit else None)
             if value is not None:
@@ -674,8 +681,69 @@ def _filter_value(role: str, facts: Facts, prev: Any) -> Any:
     return None
 
 
+# ---- clinical attributes of a generation request ----------------------------------------------------------
+# (phrase pattern, filter rule on a source column). A rule applies only where the chosen source has the column;
+# elsewhere the phrase is named as not honoured. Checked in order; one rule per column.
+ATTRIBUTE_RULES: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.I), r) for p, r in [
+    (r"\b(?:not on|without|no) insulin\b|\bnot (?:taking|using) insulin\b", "insulin_now=0"),
+    (r"\bon insulin\b|\b(?:taking|using|use|uses|need|needing|requiring) insulin\b|\binsulin[- ](?:users?|treated|dependent)\b",
+     "insulin_now=1"),
+    (r"\b(?:taking|on|using) (?:diabetes |oral |glucose[- ]lowering |blood sugar )?(?:pills|tablets|oral agents|"
+     r"oral medications?)\b", "diabetes_pills=1"),
+    (r"\b(?:non-?smokers?|never[- ]smok\w*|who (?:have )?never smoked|don'?t smoke|do not smoke)\b", "smoking_status=never"),
+    (r"\b(?:former|ex-?|past|quit) ?smokers?\b|\bwho (?:used to smoke|quit smoking)\b", "smoking_status=former"),
+    (r"\b(?:current )?smokers?\b|\bwho smoke\b|\bsmoking (?:patients|adults|people)\b|\bthat smoke\b",
+     "smoking_status=current"),
+    (r"\b(?:obese|with obesity|obesity)\b", "bmi_kg_m2>=30"),
+    (r"\boverweight\b", "bmi_kg_m2>=25"),
+    (r"\b(?:had a stroke|history of (?:a )?stroke|stroke survivors?|post-?stroke|with (?:a )?(?:prior )?stroke)\b",
+     "stroke=1"),
+    (r"\b(?:heart attacks?|myocardial infarction|prior mi|history of mi)\b", "heart_attack=1"),
+    (r"\b(?:uninsured|without (?:health )?insurance|no (?:health )?insurance)\b", "health_insurance=0"),
+    (r"\b(?:with asthma|asthmatics?)\b", "asthma=1"),
+    (r"\bwith arthritis\b", "arthritis=1"),
+]]
+# Observations named with a threshold in a generation request ("with HbA1c above 9").
+_THRESHOLD_COLUMNS = {"hba1c": "hba1c_pct", "a1c": "hba1c_pct", "bmi": "bmi_kg_m2", "systolic": "sbp_mmhg",
+                      "sbp": "sbp_mmhg", "diastolic": "dbp_mmhg", "dbp": "dbp_mmhg", "waist": "waist_cm",
+                      "hdl": "hdl_mg_dl", "cholesterol": "total_chol_mg_dl", "weight": "weight_kg"}
+_THRESHOLD = re.compile(r"\b(hba1c|a1c|bmi|systolic|sbp|diastolic|dbp|waist|hdl|cholesterol|weight)\b[\w\s]{0,12}?"
+                        r"(>=|<=|>|<|≥|≤|above|over|greater than|more than|at least|below|under|less than|at most)\s*"
+                        r"(\d+(?:\.\d+)?)", re.I)
+_OPS = {"above": ">", "over": ">", "greater than": ">", "more than": ">", "at least": ">=", "below": "<",
+        "under": "<", "less than": "<", "at most": "<=", "≥": ">=", "≤": "<="}
+# Clinical attributes no registered source records: named in the answer as not applied.
+UNMEASURED = re.compile(
+    r"\b(?:on |taking |using )?(?:metformin|statins?|ace[- ]inhibitors?|arbs?|sglt-?2 inhibitors?|glp-?1(?: agonists?)?|"
+    r"beta[- ]blockers?|diuretics?|anticoagulants?)\b|\b(?:with |has |having )?(?:diabetic )?(?:retinopathy|neuropathy|"
+    r"nephropathy|foot ulcers?|amputations?|dialysis|pregnan\w*|gestational|dementia|depression|cancer)\b|"
+    r"\b(?:ckd |gold |nyha |hypertension )?stage (?:[1-5]|i{1,3}v?|iv|v)(?:[ab])?\b|\begfr\b[^,.;]{0,20}|"
+    r"\b(?:reduced|preserved) ejection fraction\b|\bhfrel?ef\b|\bhfpef\b|\bfev1\b[^,.;]{0,20}|\balbuminuria\b",
+    re.I)
+
+
+def clinical_attributes(text: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(filter rule, the user's phrase)], [phrases of attributes no source records]) of a request."""
+    rules: list[tuple[str, str]] = []
+    used_cols: set[str] = set()
+    for pattern, rule in ATTRIBUTE_RULES:
+        m = pattern.search(text)
+        col = re.split(r"[<>=!]", rule)[0]
+        if m and col not in used_cols:
+            rules.append((rule, m.group(0).strip()))
+            used_cols.add(col)
+    for m in _THRESHOLD.finditer(text):
+        col = _THRESHOLD_COLUMNS[m.group(1).lower()]
+        op = _OPS.get(m.group(2).lower(), m.group(2))
+        if col not in used_cols:
+            rules.append((f"{col}{op}{m.group(3)}", m.group(0).strip()))
+            used_cols.add(col)
+    unmet = list(dict.fromkeys(m.group(0).strip() for m in UNMEASURED.finditer(text)))
+    return rules, unmet
+
+
 def _ground_filters(key: str, info: Any, out: dict[str, Any], facts: Facts, last: dict[str, Any] | None,
-                    notes: list[str]) -> None:
+                    notes: list[str], columns: set[str] | None = None) -> None:
     """Set age/sex filters on a nested model, a dict or a list of textual rules."""
     prev = (last or {}).get(key)
     model = _nested_model(info)
@@ -719,6 +787,12 @@ def _ground_filters(key: str, info: Any, out: dict[str, Any], facts: Facts, last
             rules.append(f"{age_col}<={int(age_max) if float(age_max).is_integer() else age_max}")
         if sex is not None:
             rules.append(f"{sex_col}={sex}")
+        for rule, _phrase in facts.attributes:
+            col = re.split(r"[<>=!]", rule)[0]
+            if columns is not None and col not in columns:
+                continue
+            rules = [r for r in rules if re.split(r"\s*[<>=!]", r.replace(" ", ""))[0] != col]
+            rules.append(rule)
         if rules:
             if out.get(key) != rules:
                 notes.append(f"{key}: {out.get(key)} -> {rules} (the user's words)")

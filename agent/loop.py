@@ -469,7 +469,7 @@ class ReActAgent:
         try:
             raw_args = dict(args or {})
             grounded, notes = grounding.ground_args(spec, raw_args, facts, sess.state, self.settings,
-                                                    sources=self._sources())
+                                                    sources=self._sources(), columns=self._source_columns())
             grounding.check_args_limits(spec, grounded, self.settings)
             validated = spec.args_model.model_validate(grounded)
             call_args = validated.model_dump(exclude_unset=True)
@@ -486,6 +486,11 @@ class ReActAgent:
             return self._fail(step, validation_message(spec, exc), args, notes)
         step["args"] = call_args
         step["notes"] = notes
+        if self._is_generation(tool):
+            cols = self._source_columns()
+            unapplied = [p for r, p in facts.attributes if cols is not None and re.split(r"[<>=!]", r)[0] not in cols]
+            if facts.unmet or unapplied:
+                step["unmet"] = list(dict.fromkeys(facts.unmet + unapplied))
         if source == "router":
             step["notes"] = [f"tool chosen by the router (the model chose otherwise)"] + notes
         key = tool + json.dumps(call_args, sort_keys=True, default=str)
@@ -522,6 +527,13 @@ class ReActAgent:
     def _is_generation(self, tool: str) -> bool:
         roles = set(grounding.model_roles(self.registry.get(tool).args_model).values())
         return {"condition", "n"} <= roles
+
+    def _source_columns(self) -> set[str] | None:
+        """The columns of the registered sources (attribute filters apply only where a source has the column)."""
+        try:
+            return {c for name in self.deps.catalog.names() for c in self.deps.catalog.get(name).column_map()}
+        except Exception:  # noqa: BLE001 - no catalog: attributes are applied as the user wrote them
+            return None
 
     def _sources(self) -> list[str]:
         try:
