@@ -242,11 +242,25 @@ def evidence_numbers(steps: Sequence[dict[str, Any]], request: str = "", context
     return have
 
 
-def _traceable(n: float, have: set[float]) -> bool:
+def _written_numbers(text: str) -> list[tuple[float, int]]:
+    """(value, decimals as written) of each number in `text`."""
+    out = []
+    for m in _NUMBER.finditer(text):
+        raw = m.group(0).replace(",", "")
+        try:
+            out.append((float(raw), len(raw.split(".")[1]) if "." in raw else 0))
+        except ValueError:
+            pass
+    return out
+
+
+def _traceable(n: float, decimals: int, have: set[float]) -> bool:
+    """A reported figure, or that figure rounded to the decimals written (7.14 -> 7.1 is fine; 6.6 -> 6.59,
+    more precise than any tool said, is not)."""
     if n in have:
         return True
-    # Rounding of a reported figure (7.14 -> 7.1, 52.06 -> 52.1) is fine; a different number is not.
-    return any(abs(n - h) <= max(0.051, 0.0051 * abs(h)) for h in have)
+    tol = 0.5 * 10 ** -decimals + 1e-9
+    return any(abs(n - h) <= tol for h in have)
 
 
 def verify(answer: str, steps: Sequence[dict[str, Any]], *, request: str = "", context: str = "") -> list[str]:
@@ -257,7 +271,7 @@ def verify(answer: str, steps: Sequence[dict[str, Any]], *, request: str = "", c
         return ["empty answer"]
     ok = _ok_steps(steps)
     have = evidence_numbers(steps, request, context)
-    stray = sorted(n for n in numbers_in(text) if not _traceable(n, have))
+    stray = sorted({n for n, d in _written_numbers(text) if not _traceable(n, d, have)})
     if stray:
         problems.append("numbers no tool reported: " + ", ".join(_fmt_number(n) for n in stray[:5]))
     evidence_text = json.dumps([{k: s.get(k) for k in ("args", "observation", "data", "result", "files")}
