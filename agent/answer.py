@@ -28,7 +28,8 @@ __all__ = ["write_answer", "verify", "choose_answer", "relative_path", "numbers_
 
 FAILURE_CLAIM = re.compile(
     r"\b(?:fail(?:ed|s|ure)?|could ?n[o']t|unable to|not (?:be )?(?:generated|created|available|possible|done)|"
-    r"did ?n[o']t (?:work|succeed)|an error|went wrong|no data ?set (?:was|has been) (?:made|generated|created))\b",
+    r"did ?n[o']t (?:work|succeed)|an error|went wrong|no data ?set (?:was|has been) (?:made|generated|created)|"
+    r"can'?t help|cannot help|can not help)\b",
     re.I)
 DUMP = re.compile(r"tool output|what the tools reported|Observation\s*:|Action Input|\{\s*\"[a-z_]+\"\s*:", re.I)
 _NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.-])-?\d+(?:\.\d+)?")

@@ -207,8 +207,13 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Run only the first N cases."),
         only: Optional[str] = typer.Option(None, "--only", help="Run only cases whose id or tags contain this text."),
         no_router: bool = typer.Option(False, "--no-router", help="Measure the LLM without the embedding router."),
+        backend: Optional[str] = typer.Option(
+            None, "--backend", help="LLM backend for this run (embedded, transformers, llamacpp, openai, fake); "
+            "default: the configured one."),
+        model: Optional[str] = typer.Option(None, "--model", help="Model for --backend (path, hub id or server model)."),
+        base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL for --backend openai."),
     ) -> None:
-        """Measure the configured LLM's planning: tool accuracy, argument accuracy, parse failures, latency.
+        """Measure the configured LLM's planning and answers: tool, argument and answer accuracy, parse failures, latency.
 
         Each case runs through the real agent loop with the configured backend, but the tools are recording stand-ins with the real names, descriptions and argument models: nothing is trained, sampled or written (a temporary workspace is used). The evaluation measures the LLM's planning, not the tools.
         """
@@ -230,6 +235,14 @@ def register(app: typer.Typer) -> None:
             items = items[:limit]
         console = Console(stderr=True)
         d = build_cli_deps()
+        if backend or model or base_url:
+            llm_settings = d.settings.llm.model_copy(update={k: v for k, v in {
+                "backend": backend, "model": model, "base_url": base_url}.items() if v is not None})
+            try:
+                d.settings.llm = type(d.settings.llm).model_validate(llm_settings.model_dump())
+            except ValueError as exc:
+                raise ToolInputError(f"--backend: {exc}".splitlines()[0] +
+                                     "; valid: embedded, transformers, llamacpp, openai, fake") from None
         llm = _backend(d, console)
         done = [0]
 
@@ -260,19 +273,22 @@ def _eval_group(app: typer.Typer) -> typer.Typer:
 def _print_report(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table("case", "expected", "called", "tool", "args", "parse", "s", title="Agent evaluation")
+    table = Table("case", "expected", "called", "tool", "args", "answer", "parse", "s", title="Agent evaluation")
     for c in report["cases"]:
         table.add_row(
             c["id"], ", ".join(c["expected_tools"]) or "(none)", ", ".join(c["called_tools"]) or "(none)",
             "✓" if c["tool_ok"] else "✗",
             "" if c["args_ok"] is None else ("✓" if c["args_ok"] else "✗ " + "; ".join(c["args_mismatch"])[:60]),
+            "" if c.get("answer_score_ok") is None else ("✓" if c["answer_score_ok"] else
+                                                        "✗ " + ", ".join(k for k, v in c["answer_checks"].items() if not v)),
             str(c["parse_failures"] or ""), f"{c['latency_s']:.1f}",
         )
     console.print(table)
     s = report["summary"]
     b = report["backend"]
     summary = Table("metric", "value", title=f"Summary — {b['name']} ({b['model_id']})")
-    for key in ("cases", "tool_accuracy", "argument_accuracy", "decline_accuracy", "answer_checks", "parse_failures",
+    for key in ("cases", "tool_accuracy", "argument_accuracy", "answer_accuracy", "decline_accuracy", "answer_checks",
+                "parse_failures",
                 "cases_with_parse_failures", "errors", "median_latency_s"):
         v = s.get(key)
         summary.add_row(key, "-" if v is None else (f"{v:.1%}" if isinstance(v, float) and key.endswith(("accuracy", "checks")) else str(v)))
