@@ -27,7 +27,7 @@ __all__ = ["write_answer", "verify", "choose_answer", "relative_path", "numbers_
            "FAILURE_CLAIM", "DUMP"]
 
 FAILURE_CLAIM = re.compile(
-    r"\b(?:fail(?:ed|s|ure)?|could ?n[o']t|unable to|not (?:be )?(?:generated|created|available|possible|done)|"
+    r"\b(?:fail(?:ed|s)|failure to|could ?n[o']t|unable to|not (?:be )?(?:generated|created|available|possible|done)|"
     r"did ?n[o']t (?:work|succeed)|an error|went wrong|no data ?set (?:was|has been) (?:made|generated|created)|"
     r"can'?t help|cannot help|can not help)\b",
     re.I)

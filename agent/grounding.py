@@ -243,6 +243,7 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
     facts = Facts(text=text)
     t = _words_to_numbers(text)
     low = t.lower()
+    unassigned: list[int] = []  # whole numbers >= 10 that no pattern claimed
     # Numbers followed (within a few words) by a patient noun: the number of records.
     for m in re.finditer(_NUM, t, re.I):
         value = _to_number(m.group(1), m.group(2))
@@ -258,15 +259,22 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
             if facts.n_obs is None and value == int(value):
                 facts.n_obs = int(value)
             continue
-        if facts.n is None and re.match(r"\s*(?:[\w'-]+\s+){0,5}" + _PATIENT_NOUN + r"\b", after):
+        if facts.n is None and re.match(r"\s*(?:[\w'-]+\s+){0,5}(?:[a-z]+-)?" + _PATIENT_NOUN + r"\b", after):
             facts.n = int(value)
-    m = re.search(r"\b(?:n\s*=|n of|sample size(?: of)?|cohort size(?: of)?|size of|number of (?:patients|records|rows)"
+        elif (value == int(value) and value >= 10 and not re.match(r"\s*(?:or|to|and|-|–|/)\s*\d", after)
+              and not re.search(r"(?:to|and|-|–|/|between|from)\s*$", before)):
+            unassigned.append(int(value))
+    m = re.search(r"\b(?:n\s*[=:]?|x|×|n of|sample size(?: of)?|cohort size(?: of)?|size of|number of (?:patients|records|rows)"
                   r"(?: of| to| =| is)?)\s*" + _NUM, t, re.I)
     if m and facts.n is None:
         facts.n = int(_to_number(m.group(1), m.group(2)))
     m = re.search(r"\b(?:top|first)\s+(\d+)\b", t, re.I)
     if m and facts.n_obs is None:
         facts.n_obs = int(m.group(1))
+    # "Produce a cohort of 4000 hypertensive Americans": a generation request with one unclaimed whole number.
+    rest = [v for v in unassigned if v != facts.n_obs]
+    if facts.n is None and len(rest) == 1 and _GENERATE_VERB.search(t) and not _THRESHOLD.search(t):
+        facts.n = rest[0]
     m = _EPS.search(t)
     if m:
         facts.epsilon = float(m.group(1))
@@ -289,7 +297,10 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
             facts.condition = profile
             facts.condition_phrase = profile.name
         except (ValueError, ImportError):
-            pass
+            profile = _fuzzy_condition(text, profiles)
+            if profile is not None:
+                facts.condition = profile
+                facts.condition_phrase = profile.name
     # Filters.
     fem, male = bool(_FEMALE.search(t)), bool(_MALE.search(t))
     if fem != male:
@@ -313,6 +324,33 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
     return facts
 
 
+def _fuzzy_condition(text: str, profiles: dict[str, Any]) -> Any:
+    """The profile a misspelt condition names ("hypertention", "diabtes"): a close match (difflib ratio >= 0.85)
+    of a word or two-word phrase of the request to a profile's name or alias of at least 6 letters."""
+    import difflib
+
+    names: dict[str, Any] = {}
+    for p in profiles.values():
+        for alias in [p.name, *p.aliases]:
+            a = " ".join(re.findall(r"[a-z0-9]+", alias.lower()))
+            if len(a) >= 6:
+                names[a] = p
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    grams = words + [" ".join(words[i:i + 2]) for i in range(len(words) - 1)] + \
+        [" ".join(words[i:i + 3]) for i in range(len(words) - 2)]
+    best: tuple[float, Any] = (0.0, None)
+    for g in grams:
+        if len(g) < 6:
+            continue
+        for a, p in names.items():
+            r = difflib.SequenceMatcher(None, g, a).ratio()
+            if r > best[0]:
+                best = (r, p)
+    return best[1] if best[0] >= 0.9 else None
+
+
+_GENERATE_VERB = re.compile(r"\b(?:generate|create|simulate|synthesi[sz]e|produce|build|make|sample)\b|\bcohort of\b",
+                            re.I)
 _PROFILES_CACHE: dict[str, Any] = {}
 
 
@@ -591,6 +629,14 @@ def ground_args(
         elif role in ("thresholds", "correlation", "plot"):
             if out.get(key) and not _REQUEST_WORDS[role].search(facts.text):
                 drop(key, "not asked for")
+            elif role == "plot" and not out.get(key) and _REQUEST_WORDS["plot"].search(facts.text):
+                named = observation_columns(facts.text, profiles)
+                if named:
+                    set_(key, named, "the plot the user asked for")
+            elif role == "thresholds" and not out.get(key):
+                asked = [r for r, _ in user_thresholds(facts.text)]
+                if asked:
+                    set_(key, asked, "the threshold the user asked for")
         elif role == "question":
             set_(key, facts.text.strip()[:2000], "the user's question")
         elif role == "filters":
@@ -722,6 +768,31 @@ UNMEASURED = re.compile(
     re.I)
 
 
+_THRESHOLD_AFTER = re.compile(
+    r"\b(hba1c|a1c|bmi|systolic|sbp|diastolic|dbp|waist|hdl|cholesterol|weight)\b[\w\s]{0,14}?(?:of\s+|at\s+)?"
+    r"(\d+(?:\.\d+)?)\s*(?:%|mmhg|kg/m2|mg/dl|cm|kg)?\s*(or more|or higher|or above|or over|\+|and above|and over|"
+    r"or less|or lower|or below|or under|and below|and under)", re.I)
+
+
+def user_thresholds(text: str) -> list[tuple[str, str]]:
+    """[(rule on a source column, the user's phrase)] of observation thresholds in a request ("HbA1c above 9",
+    "an A1c of 8 or more")."""
+    out: list[tuple[str, str]] = []
+    cols: set[str] = set()
+    for m in _THRESHOLD.finditer(text):
+        col = _THRESHOLD_COLUMNS[m.group(1).lower()]
+        if col not in cols:
+            out.append((f"{col}{_OPS.get(m.group(2).lower(), m.group(2))}{m.group(3)}", m.group(0).strip()))
+            cols.add(col)
+    for m in _THRESHOLD_AFTER.finditer(text):
+        col = _THRESHOLD_COLUMNS[m.group(1).lower()]
+        op = ">=" if re.search(r"more|higher|above|over|\+", m.group(3), re.I) else "<="
+        if col not in cols:
+            out.append((f"{col}{op}{m.group(2)}", m.group(0).strip()))
+            cols.add(col)
+    return out
+
+
 def clinical_attributes(text: str) -> tuple[list[tuple[str, str]], list[str]]:
     """([(filter rule, the user's phrase)], [phrases of attributes no source records]) of a request."""
     rules: list[tuple[str, str]] = []
@@ -732,11 +803,10 @@ def clinical_attributes(text: str) -> tuple[list[tuple[str, str]], list[str]]:
         if m and col not in used_cols:
             rules.append((rule, m.group(0).strip()))
             used_cols.add(col)
-    for m in _THRESHOLD.finditer(text):
-        col = _THRESHOLD_COLUMNS[m.group(1).lower()]
-        op = _OPS.get(m.group(2).lower(), m.group(2))
+    for rule, phrase in user_thresholds(text):
+        col = re.split(r"[<>=!]", rule)[0]
         if col not in used_cols:
-            rules.append((f"{col}{op}{m.group(3)}", m.group(0).strip()))
+            rules.append((rule, phrase))
             used_cols.add(col)
     unmet = list(dict.fromkeys(m.group(0).strip() for m in UNMEASURED.finditer(text)))
     return rules, unmet
