@@ -265,7 +265,7 @@ def describe(deps: Deps, args: GenerateCohortArgs) -> str:
     where = ", ".join(plain_filter(f, schema) if isinstance(f, str) else f"{f['column']} {f['op']} {f['value']}"
                       for f in filters)
     text = f"Generating {n:,} patients with {profile.name}" + (f" ({where})" if where else "") + \
-        f" from {schema.meta.title}"
+        f" from {short_source(schema.meta)}"
     if has_model(deps, source, model_conditions(cohort_plan(profile, schema), schema), args.epsilon):
         return text + "; reusing the trained generator."
     eps = args.epsilon or deps.settings.privacy.target_epsilon
@@ -426,6 +426,17 @@ def plain_filter(rule: str, schema: SourceSchema) -> str:
     return f"{label} " + _OP_WORDS[op].format(v=value)
 
 
+def short_source(meta: Any) -> str:
+    """'NHANES 2017-2018': the acronym its knowledge document's title gives in parentheses, plus the years;
+    the full title where there is none."""
+    if getattr(meta, "doc_id", None):
+        title, _ = document_title(meta.doc_id)
+        m = re.search(r"\(([A-Z][A-Za-z0-9&-]{1,12})\)", title)
+        if m:
+            return f"{m.group(1)} {meta.years}".strip()
+    return meta.title
+
+
 _STAT_FIGURES = {"mean_age_years": ("mean age", "years"), "pct_female": ("women", "%"),
                  "mean_hba1c_pct": ("mean HbA1c", "%"), "mean_bmi_kg_m2": ("mean BMI", "kg/m2"),
                  "mean_sbp_mmhg": ("mean systolic blood pressure", "mmHg")}
@@ -434,7 +445,7 @@ _STAT_FIGURES = {"mean_age_years": ("mean age", "years"), "pct_female": ("women"
 def _typed(n: int, profile: Any, schema: SourceSchema, source: str, filters: list, model: Any, trained: bool,
            stats: dict[str, float], chosen: list[dict], missing: list[dict], card: dict[str, Any]) -> dict[str, Any]:
     """The typed result fields the answer writer reads (plain clinical language, no tool jargon)."""
-    title = schema.meta.title
+    title = short_source(schema.meta)
     where = f" ({', '.join(plain_filter(f.text(), schema) for f in filters)})" if filters else ""
     summary = (f"I generated {n:,} synthetic patients with {profile.name}{where} from {title}, "
                f"with {len(chosen)} observations besides age, sex and race/ethnicity.")
@@ -449,7 +460,7 @@ def _typed(n: int, profile: Any, schema: SourceSchema, source: str, filters: lis
     privacy = (f"The generator was {'trained for this request' if trained else 'trained earlier'} with differential "
                f"privacy (epsilon {model.epsilon:.2g}, delta {model.delta:.1g}), so no real patient can be singled "
                f"out from these records.")
-    sources = [SourceRef(title=title, url=schema.meta.url or ""), SourceRef(title=g_title, url=g_url)]
+    sources = [SourceRef(title=schema.meta.title, url=schema.meta.url or ""), SourceRef(title=g_title, url=g_url)]
     return {"summary": summary, "statements": statements, "figures": figures, "missing": gone, "privacy": privacy,
             "sources": sources}
 
