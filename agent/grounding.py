@@ -686,11 +686,12 @@ def _literal_choices(info: Any) -> list[str]:
 def _ground_choice(key: str, info: Any, out: dict[str, Any], facts: Facts, notes: list[str]) -> None:
     """An enum argument: the choice the user's words name wins; an unnamed choice falls back to the default.
 
-    Any other optional number (e.g. how many passages to return) that the user did not write is an
-    invention of the model: it is dropped so the tool's default applies.
+    Any other number (e.g. how many passages to return) that the user did not write is an invention of the
+    model: it is dropped so the tool's default applies (or, for a required one, validation asks for it).
     """
     value = out.get(key)
-    if (isinstance(value, (int, float)) and not isinstance(value, bool) and not info.is_required()
+    # A number the user never wrote is invented, required or not: dropped (a required one is then asked for).
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)
             and float(value) not in facts.numbers):
         notes.append(f"{key}: dropped {out.pop(key)!r} (not in the request; the default applies)")
         return
