@@ -132,7 +132,7 @@ def _missing_text(missing: list[dict[str, Any]]) -> str:
     parts = []
     for reason, items in by_reason.items():
         shown = items[:10]
-        more = f" and {len(items) - 10} more" if len(items) > 10 else ""
+        more = " and further ones listed in the data card" if len(items) > 10 else ""
         listed = ", ".join(shown) + more
         if reason.endswith("does not measure it"):
             who = reason[: -len(" does not measure it")]

@@ -651,6 +651,8 @@ def ground_args(
             named = [x for x in (sources or []) if _mentioned(x, facts.text) or _mentioned(x.split("-")[0], facts.text)]
             if named:
                 set_(key, named[0], "the source the user named")
+            elif prev is not None:
+                set_(key, prev, "same as the last cohort")
             elif key in out and out[key] and not _mentioned(str(out[key]).split("-")[0], facts.text):
                 drop(key, "not in the request; the condition's source applies")
             if key not in out and info.is_required():

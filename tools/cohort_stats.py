@@ -457,7 +457,29 @@ def cohort_stats(deps: Deps, args: CohortStatsArgs) -> ToolResult:
 def _label(ds: LoadedDataset, column: str) -> str:
     info = ds.columns.get(column)
     label = info.label if info is not None and getattr(info, "label", None) else column.replace("_", " ")
-    return label if label[:4].isupper() else label[:1].lower() + label[1:]
+    # "Body mass index" -> "body mass index"; acronyms and "HbA1c" keep their capitals.
+    first = label.split(" ")[0]
+    return label[:1].lower() + label[1:] if first[1:].isalpha() and first[1:].islower() else label
+
+
+_OP_TEXT = {">=": "≥", "<=": "≤", ">": ">", "<": "<", "==": "=", "!=": "≠"}
+
+
+def _threshold_text(ds: LoadedDataset, t: dict[str, Any]) -> str:
+    """'HbA1c > 9%' / 'systolic blood pressure ≥ 130 mmHg and diastolic blood pressure ≥ 80 mmHg' (the
+    guideline's label added in parentheses where the profile gives one)."""
+    def one(col: str, value: Any) -> str:
+        info = ds.columns.get(col)
+        unit = (info.unit if info is not None and info.unit and info.unit != "ratio" else "") or ""
+        v = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+        return f"{_label(ds, col)} {_OP_TEXT.get(t['op'], t['op'])} {v}" + ("%" if unit == "%" else f" {unit}" if unit else "")
+    text = one(t["column"], t["value"])
+    if t.get("second_column"):
+        text += " and " + one(t["second_column"], t["second_value"])
+    label = re.sub(r"\s*\([^)]*\)", "", str(t.get("label") or "")).strip()
+    if label and not re.match(r"(?:above|below|over|under)\b", label):
+        text += f" ({label})"
+    return text
 
 
 def _typed(ds: LoadedDataset, columns: list[str], stats: dict[str, Any], shares: list[dict[str, Any]],
@@ -483,10 +505,11 @@ def _typed(ds: LoadedDataset, columns: list[str], stats: dict[str, Any], shares:
             top = sorted((s.get("proportions") or {}).items(), key=lambda kv: -(kv[1] or 0))[:4]
             figures += [Figure(label=f"{label}: {k}", value=round(100 * (v or 0), 1), unit="%") for k, v in top]
         if s.get("missing"):
-            figures.append(Figure(label=f"patients without a {label} value", value=int(s["missing"]), unit="patients"))
+            figures.append(Figure(label=f"patients with no {label} value", value=int(s["missing"])))
     for t in (shares if user_thresholds else shares[-TEXT_THRESHOLDS:]):
         if t.get("share") is not None:
-            figures.append(Figure(label=f"patients with {t['threshold']}", value=round(100 * t["share"], 1), unit="%"))
+            figures.append(Figure(label=f"patients with {_threshold_text(ds, t)}", value=round(100 * t["share"], 1),
+                                  unit="%"))
     if data.get("correlation"):
         cr = data["correlation"]
         if cr.get("pearson") is not None:
