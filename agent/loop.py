@@ -287,6 +287,11 @@ class ReActAgent:
         final_text: str | None = None
         for _ in range(self.max_steps):
             any_ok = any(st.get("ok") for st in self.steps)
+            if (any_ok and not intents and self.steps[-1].get("ok") and not self._model_phrases()
+                    and (self.router is not None or self.intent_model is not None)):
+                # The planned tools have run and this model does not phrase answers: the writer answers now
+                # (asking the model for a final answer it would not be shown costs a long generation).
+                break
             last_failed = bool(self.steps) and not self.steps[-1].get("ok")
             grammar = self._plan_grammar(intents, whole, any_ok, last_failed)
             raw = self._native_step(messages) if self.native else self._generate(messages, grammar)
