@@ -93,3 +93,17 @@ def test_eval_agent_help_says_tools_are_stand_ins(cli):
     r = cli(["eval", "agent", "--help"], [])
     assert r.exit_code == 0
     assert "stand-ins" in r.stdout and "nothing is trained" in r.stdout
+
+
+def test_ask_prints_readable_text_with_relative_paths_and_one_files_line(cli, tmp_path):
+    """The fake tool's observation holds the absolute path; the terminal shows it relative to the workspace.
+    The model's answer names only "data.csv", so the full relative path follows in one "files:" line."""
+    replies = [step("generate_cohort", {"condition": "type 2 diabetes", "n": 2000}),
+               final("Generated 2000 patients, see data.csv.")]
+    r = cli(["ask", HEADLINE, "--no-router"], replies)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    ws = str(tmp_path / "ws")
+    assert ws not in out.replace("\n", "")
+    assert "datasets/ds-20261126-120000-000001/data.csv" in out
+    assert out.count("files:") == 1 and "file: " not in out and "tool output" not in out
