@@ -10,8 +10,12 @@ One turn: the request (with a compact session context) goes to the LLM, wrapped 
 `LLM` that passes `grammar` and `stop` through to the backend. Each reply is one ReAct step,
 parsed by LangChain's ReAct output parser (`langchain_classic`); the Action runs as a LangChain
 tool made by synthehr.agent.tooling from the registry's ToolSpec. Grammar-constrained decoding (GBNF
-from the registry), grounding of arguments in the user's words, few-shot examples and an
-embedding router make a 135M model usable; the same design helps LLaMA-2. Parse errors,
+from the registry), grounding of arguments in the user's words (by the roles each args field declares),
+few-shot examples from each ToolSpec, the intent model (synthehr.agent.intent) and the embedding router
+make a 135M model usable; the same design helps LLaMA-2. Before each call the agent says what it is
+doing (the spec's `describe`). The answer is written from the tools' typed results by
+synthehr.agent.answer; a capable model's own wording is kept only when the verifier finds every number,
+id and claim in those results. Parse errors,
 unknown tools and invalid arguments go back to the model as corrective observations listing
 the valid choices. Observations are sanitised before they enter the prompt (a document that
 says "Action: ..." is data, never a step). The step limit is settings.llm.max_steps.
