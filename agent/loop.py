@@ -387,6 +387,7 @@ class ReActAgent:
                 follow = f"\nThe request also asks: \"{sanitize_observation(intents[0].text, 200)}\"."
             messages += [{"role": "assistant", "content": shown},
                          {"role": "user", "content": f"Observation: {obs}{follow}"}]
+        self._out_of_scope = none_route is not None and not intents
         return self._finalize(final_text, text, sess)
 
     # -- model call and parsing ---------------------------------------------------------------------------
@@ -571,7 +572,8 @@ class ReActAgent:
             if errors:
                 self.result.composed = True
                 return "I could not complete the request. " + errors[-1]
-            return CAPABILITIES
+            # A request the planner judged out of scope is told so (not only what synthehr can do).
+            return OUT_OF_SCOPE if getattr(self, "_out_of_scope", False) else CAPABILITIES
         self.emit("thought", text="Writing the answer from the results.")
         chosen, problems = answer_mod.choose_answer(
             model if _usable(model) else None, self.steps, model_phrases=self._model_phrases(), request=text,
