@@ -592,13 +592,12 @@ def ground_args(
                 set_(key, facts.dataset, "the id the user wrote")
             elif info.is_required() or info.default == "last":
                 set_(key, "last", "the data set of this conversation")
-            elif out.get(key) not in (None, "last"):
-                if session.last_dataset:
-                    set_(key, "last", "the data set of this conversation")
-                else:
-                    drop(key, "no such data set in this conversation")
             elif session.last_dataset and _REFERS_TO_DATA.search(facts.text):
                 set_(key, "last", "the data set of this conversation")
+            elif out.get(key) is not None:
+                # An optional data-set reference the user did not make ("who publishes NHANES?" is not about
+                # the last cohort): dropped, so a general question is answered from the documents.
+                drop(key, "the request does not refer to a data set")
         elif role == "columns":
             wanted = observation_columns(facts.text, profiles)
             current = out.get(key)

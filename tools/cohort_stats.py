@@ -458,6 +458,9 @@ def _label(ds: LoadedDataset, column: str) -> str:
     info = ds.columns.get(column)
     label = info.label if info is not None and getattr(info, "label", None) else column.replace("_", " ")
     # "Body mass index" -> "body mass index"; acronyms and "HbA1c" keep their capitals.
+    short = re.search(r"\(([A-Za-z0-9]{2,10})\)$", label)  # "Glycohemoglobin (HbA1c)" -> "HbA1c"
+    if short:
+        return short.group(1)
     first = label.split(" ")[0]
     return label[:1].lower() + label[1:] if first[1:].isalpha() and first[1:].islower() else label
 
