@@ -63,7 +63,9 @@ class CaseResult:
     args_mismatch: list[str]
     declined: bool
     decline_ok: bool | None
-    answer_ok: bool | None
+    answer_ok: bool | None  # answer_contains (when the case lists strings)
+    answer_score_ok: bool | None  # the answer checks below all pass (None: no tool ran and none was expected)
+    answer_checks: dict[str, bool]
     parse_failures: int
     llm_calls: int
     latency_s: float
@@ -97,8 +99,18 @@ class Recorder:
         self.counter = 0
 
 
+STANDIN_DEFINITION = "Cohort definition (evaluation guideline): adults who meet the condition's rule."
+STANDIN_MISSING = "Fasting plasma glucose"
+STANDIN_PASSAGE = "The evaluation passage says the source is a national survey."
+STANDIN_TITLE = "Evaluation knowledge document"
+
+
 def _standin(spec: ToolSpec, recorder: Recorder) -> ToolSpec:
-    roles = {field_role(k): k for k in spec.args_model.model_fields}
+    """The tool with a recording function whose result is typed like the real tool's (so answers can be scored)."""
+    from synthehr.agent.grounding import model_roles
+    from synthehr.tools.base import Figure, Missing, SourceRef
+
+    roles = {r: k for k, r in model_roles(spec.args_model).items()}
     generates = "condition" in roles and "n" in roles
 
     def func(deps: Any, args: Any) -> ToolResult:
@@ -110,20 +122,31 @@ def _standin(spec: ToolSpec, recorder: Recorder) -> ToolSpec:
             ds = f"ds-20000101-000000-{recorder.counter:06x}"
             n = values.get(roles["n"]) or deps.settings.generation.default_rows
             cond = values.get(roles["condition"]) or "the cohort"
-            path = f"datasets/{ds}/data.csv"
+            path = str(deps.workspace.datasets_dir / ds / "data.csv")
             deps.session.last_dataset = ds
             deps.session.last_cohort = {k: v for k, v in values.items()}
             return ToolResult(
                 text=f"Generated {n} synthetic {cond} records as {ds} ({path}); mean age 61 years. "
                      f"Sources: NHANES 2017-2018 [1]; guideline ADA Standards of Care [2]. {note}",
-                data={"dataset_id": ds, "n_rows": n}, files=[path])
-        if "dataset" in roles and spec.name != "explain_provenance" and "question" not in roles:
-            return ToolResult(text=f"{deps.session.last_dataset or 'no data set'}: statistics computed. {note}",
-                              data={})
-        return ToolResult(text=f"{spec.name} answered. {note}", data={})
+                data={"dataset_id": ds, "n_rows": n}, files=[path],
+                summary=f"I generated {n:,} synthetic patients with {cond} from NHANES 2017-2018.",
+                statements=[STANDIN_DEFINITION], figures=[Figure("mean age", 61, "years")],
+                missing=[Missing(STANDIN_MISSING, "NHANES 2017-2018 does not measure it")],
+                privacy="The generator was trained with differential privacy (epsilon 1).",
+                sources=[SourceRef("NHANES 2017-2018"), SourceRef("ADA Standards of Care")])
+        if "question" in roles:
+            return ToolResult(text=f"[1] {STANDIN_TITLE}: {STANDIN_PASSAGE} {note}", data={},
+                              summary="From the knowledge base:",
+                              sources=[SourceRef(STANDIN_TITLE, n=1, quotes=[STANDIN_PASSAGE])])
+        if "dataset" in roles:
+            return ToolResult(text=f"{deps.session.last_dataset or 'no data set'}: mean HbA1c 7.2 %. {note}", data={},
+                              summary=f"Statistics of {deps.session.last_dataset or 'the data set'}.",
+                              figures=[Figure("mean HbA1c", 7.2, "%")])
+        return ToolResult(text=f"{spec.name} answered. {note}", data={}, summary=f"{spec.name} answered.")
 
     return ToolSpec(name=spec.name, description=spec.description, args_model=spec.args_model, func=func,
-                    examples=spec.examples)
+                    examples=spec.examples, router_examples=spec.router_examples, router_cues=spec.router_cues,
+                    router_requires=spec.router_requires, few_shot=spec.few_shot)
 
 
 def standin_registry(real: Registry, recorder: Recorder) -> Registry:
@@ -288,12 +311,51 @@ def run_case(case: Case, settings: "Settings", llm: Any, real: Registry, router:
     answer_ok = None
     if case.answer_contains:
         answer_ok = all(s.lower() in answer.lower() for s in case.answer_contains)
+    checks = score_answer(answer, result.steps if error is None else [], case.request) if error is None else {}
     return CaseResult(
         id=case.id, request=case.request, expected_tools=list(case.expect_tools), called_tools=called,
         tool_ok=tool_ok, args_ok=args_ok, args_mismatch=mismatches, declined=declined, decline_ok=decline_ok,
-        answer_ok=answer_ok, parse_failures=parse_failures, llm_calls=llm_calls, latency_s=round(latency, 3),
+        answer_ok=answer_ok, answer_score_ok=(all(checks.values()) if checks else None), answer_checks=checks,
+        parse_failures=parse_failures, llm_calls=llm_calls, latency_s=round(latency, 3),
         answer=answer[:500], calls=recorder.calls, error=error,
     )
+
+
+def score_answer(answer: str, steps: list[dict[str, Any]], request: str = "") -> dict[str, bool]:
+    """The answer checks of one case (empty when no tool succeeded): numbers and ids traceable to the tool
+    results, the facts each result requires (n, a file, the definition and the missing observations for a
+    cohort; citations for retrieval; a figure for statistics), no failure claim after success, no repeats."""
+    from synthehr.agent.answer import DUMP, FAILURE_CLAIM, numbers_in, repeated_sentences, verify
+
+    ok = [s for s in steps if s.get("tool") and s.get("ok")]
+    if not ok:
+        return {}
+    problems = verify(answer, steps, request=request)
+    checks = {
+        "traceable": not any(p.startswith(("numbers", "identifiers")) for p in problems),
+        "no_failure_claim": not FAILURE_CLAIM.search(answer),
+        "no_repeats": not repeated_sentences(answer),
+        "no_dump": not DUMP.search(answer),
+    }
+    low = answer.lower()
+    for s in ok:
+        r = s.get("result") or {}
+        data = s.get("data") or {}
+        if isinstance(data.get("n_rows"), int):
+            n = data["n_rows"]
+            checks["n"] = checks.get("n", True) and (float(n) in numbers_in(answer))
+            checks["file"] = checks.get("file", True) and any(Path(f).name in answer for f in s.get("files") or [])
+            for st in r.get("statements") or []:
+                if st.lower().startswith("cohort definition"):
+                    checks["definition"] = st.lower()[:40] in low
+            if r.get("missing"):
+                checks["missing_observations"] = all(m["item"].lower() in low for m in r["missing"][:3])
+        if any(src.get("quotes") for src in r.get("sources") or []):
+            checks["citations"] = bool(re.search(r"\[\d+\]", answer)) and any(
+                src["title"].lower() in low for src in r["sources"])
+        if r.get("figures") and not isinstance(data.get("n_rows"), int):
+            checks["figures"] = any(abs(f["value"] - x) < 0.051 for f in r["figures"] for x in numbers_in(answer))
+    return checks
 
 
 def summarize(results: list[CaseResult]) -> dict[str, Any]:
@@ -301,6 +363,7 @@ def summarize(results: list[CaseResult]) -> dict[str, Any]:
     with_args = [r for r in results if r.args_ok is not None]
     declines = [r for r in results if r.decline_ok is not None]
     answers = [r for r in results if r.answer_ok is not None]
+    scored = [r for r in results if r.answer_score_ok is not None]
     lat = [r.latency_s for r in results]
     return {
         "cases": n,
@@ -309,6 +372,8 @@ def summarize(results: list[CaseResult]) -> dict[str, Any]:
         "argument_cases": len(with_args),
         "decline_accuracy": round(sum(bool(r.decline_ok) for r in declines) / len(declines), 4) if declines else None,
         "answer_checks": round(sum(bool(r.answer_ok) for r in answers) / len(answers), 4) if answers else None,
+        "answer_accuracy": round(sum(bool(r.answer_score_ok) for r in scored) / len(scored), 4) if scored else None,
+        "answer_cases": len(scored),
         "parse_failures": sum(r.parse_failures for r in results),
         "cases_with_parse_failures": sum(1 for r in results if r.parse_failures),
         "errors": sum(1 for r in results if r.error),

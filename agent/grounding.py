@@ -68,10 +68,22 @@ ROLE_NAMES: dict[str, set[str]] = {
 
 
 def field_role(name: str) -> str | None:
+    """The role a field NAME usually has (for evaluation cases and tools that declare no roles)."""
     for role, names in ROLE_NAMES.items():
         if name in names:
             return role
     return None
+
+
+def model_roles(model: type[BaseModel]) -> dict[str, str]:
+    """{field: role} of an args model. The roles its fields declare (`Field(json_schema_extra={"role": ...})`)
+    are authoritative; a model that declares none (a third-party tool) is read by field names."""
+    from synthehr.tools.base import arg_roles
+
+    declared = arg_roles(model)
+    if declared:
+        return declared
+    return {k: r for k in model.model_fields if (r := field_role(k))}
 
 
 # ---- facts from the user's words --------------------------------------------------------------
@@ -192,6 +204,10 @@ class Facts:
     younger: bool = False
     follow_up: bool = False
     numbers: set[float] = field(default_factory=set)
+    # Clinical attributes of a generation request: filter rules on source columns ("insulin_now=1", with the
+    # user's phrase), and attributes no source records (named in the answer, never silently dropped).
+    attributes: list[tuple[str, str]] = field(default_factory=list)
+    unmet: list[str] = field(default_factory=list)
 
     def filters(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -235,6 +251,7 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
     facts = Facts(text=text)
     t = _words_to_numbers(text)
     low = t.lower()
+    unassigned: list[int] = []  # whole numbers >= 10 that no pattern claimed
     # Numbers followed (within a few words) by a patient noun: the number of records.
     for m in re.finditer(_NUM, t, re.I):
         value = _to_number(m.group(1), m.group(2))
@@ -250,15 +267,22 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
             if facts.n_obs is None and value == int(value):
                 facts.n_obs = int(value)
             continue
-        if facts.n is None and re.match(r"\s*(?:[\w'-]+\s+){0,5}" + _PATIENT_NOUN + r"\b", after):
+        if facts.n is None and re.match(r"\s*(?:[\w'-]+\s+){0,5}(?:[a-z]+-)?" + _PATIENT_NOUN + r"\b", after):
             facts.n = int(value)
-    m = re.search(r"\b(?:n\s*=|n of|sample size(?: of)?|cohort size(?: of)?|size of|number of (?:patients|records|rows)"
+        elif (value == int(value) and value >= 10 and not re.match(r"\s*(?:or|to|and|-|–|/)\s*\d", after)
+              and not re.search(r"(?:to|and|-|–|/|between|from)\s*$", before)):
+            unassigned.append(int(value))
+    m = re.search(r"\b(?:n\s*[=:]?|x|×|n of|sample size(?: of)?|cohort size(?: of)?|size of|number of (?:patients|records|rows)"
                   r"(?: of| to| =| is)?)\s*" + _NUM, t, re.I)
     if m and facts.n is None:
         facts.n = int(_to_number(m.group(1), m.group(2)))
     m = re.search(r"\b(?:top|first)\s+(\d+)\b", t, re.I)
     if m and facts.n_obs is None:
         facts.n_obs = int(m.group(1))
+    # "Produce a cohort of 4000 hypertensive Americans": a generation request with one unclaimed whole number.
+    rest = [v for v in unassigned if v != facts.n_obs]
+    if facts.n is None and len(rest) == 1 and _GENERATE_VERB.search(t) and not _THRESHOLD.search(t):
+        facts.n = rest[0]
     m = _EPS.search(t)
     if m:
         facts.epsilon = float(m.group(1))
@@ -283,11 +307,16 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
             facts.condition = profile
             facts.condition_phrase = profile.name
         except (ValueError, ImportError):
-            pass
+            profile = _fuzzy_condition(text, profiles)
+            if profile is not None:
+                facts.condition = profile
+                facts.condition_phrase = profile.name
     # Filters.
     fem, male = bool(_FEMALE.search(t)), bool(_MALE.search(t))
     if fem != male:
         facts.sex = "female" if fem else "male"
+    facts.attributes, facts.unmet = clinical_attributes(t)
+    t = UNMEASURED.sub(" ", _THRESHOLD.sub(" ", t))  # "HbA1c above 9" and "CKD stage 3" are not ages
     m = _AGE_RANGE.search(t)
     if m:
         lo, hi = sorted((int(m.group(1)), int(m.group(2))))
@@ -305,6 +334,33 @@ def extract_facts(text: str, profiles: dict[str, Any] | None = None) -> Facts:
     return facts
 
 
+def _fuzzy_condition(text: str, profiles: dict[str, Any]) -> Any:
+    """The profile a misspelt condition names ("hypertention", "diabtes"): a close match (difflib ratio >= 0.85)
+    of a word or two-word phrase of the request to a profile's name or alias of at least 6 letters."""
+    import difflib
+
+    names: dict[str, Any] = {}
+    for p in profiles.values():
+        for alias in [p.name, *p.aliases]:
+            a = " ".join(re.findall(r"[a-z0-9]+", alias.lower()))
+            if len(a) >= 6:
+                names[a] = p
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    grams = words + [" ".join(words[i:i + 2]) for i in range(len(words) - 1)] + \
+        [" ".join(words[i:i + 3]) for i in range(len(words) - 2)]
+    best: tuple[float, Any] = (0.0, None)
+    for g in grams:
+        if len(g) < 6:
+            continue
+        for a, p in names.items():
+            r = difflib.SequenceMatcher(None, g, a).ratio()
+            if r > best[0]:
+                best = (r, p)
+    return best[1] if best[0] >= 0.9 else None
+
+
+_GENERATE_VERB = re.compile(r"\b(?:generate|create|simulate|synthesi[sz]e|produce|build|make|sample)\b|\bcohort of\b",
+                            re.I)
 _PROFILES_CACHE: dict[str, Any] = {}
 
 
@@ -388,8 +444,9 @@ def check_limits(facts: Facts, settings: "Settings") -> None:
 
 def check_args_limits(spec: "ToolSpec", args: dict[str, Any], settings: "Settings") -> None:
     """Decline tool arguments above the limits (whatever wrote them)."""
+    roles = model_roles(spec.args_model)
     for key, value in args.items():
-        role = field_role(key)
+        role = roles.get(key)
         if role == "n" and isinstance(value, (int, float)) and not isinstance(value, bool):
             check_limits(Facts(text="", n=int(value)), settings)
         elif role == "epsilon" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -446,6 +503,7 @@ def ground_args(
     settings: "Settings",
     profiles: dict[str, Any] | None = None,
     sources: list[str] | None = None,
+    columns: set[str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Return (grounded arguments, notes saying what was changed). Raises ToolInputError when the
     condition cannot be resolved and Decline when a limit is exceeded."""
@@ -455,8 +513,9 @@ def ground_args(
     out = dict(args)
     notes: list[str] = []
     fields = _fields(spec.args_model)
+    roles = model_roles(spec.args_model)
     last = _last_generation(session)
-    is_generation = any(field_role(k) == "condition" for k in fields) and any(field_role(k) == "n" for k in fields)
+    is_generation = {"condition", "n"} <= set(roles.values())
     inherit = is_generation and last is not None and (facts.follow_up or facts.condition is None)
 
     def set_(key: str, value: Any, why: str) -> None:
@@ -470,7 +529,7 @@ def ground_args(
             notes.append(f"{key}: dropped {out.pop(key)!r} ({why})")
 
     for key, info in fields.items():
-        role = field_role(key)
+        role = roles.get(key)
         if role is None:
             _ground_choice(key, info, out, facts, notes)
             continue
@@ -543,13 +602,12 @@ def ground_args(
                 set_(key, facts.dataset, "the id the user wrote")
             elif info.is_required() or info.default == "last":
                 set_(key, "last", "the data set of this conversation")
-            elif out.get(key) not in (None, "last"):
-                if session.last_dataset:
-                    set_(key, "last", "the data set of this conversation")
-                else:
-                    drop(key, "no such data set in this conversation")
             elif session.last_dataset and _REFERS_TO_DATA.search(facts.text):
                 set_(key, "last", "the data set of this conversation")
+            elif out.get(key) is not None:
+                # An optional data-set reference the user did not make ("who publishes NHANES?" is not about
+                # the last cohort): dropped, so a general question is answered from the documents.
+                drop(key, "the request does not refer to a data set")
         elif role == "columns":
             wanted = observation_columns(facts.text, profiles)
             current = out.get(key)
@@ -580,10 +638,18 @@ def ground_args(
         elif role in ("thresholds", "correlation", "plot"):
             if out.get(key) and not _REQUEST_WORDS[role].search(facts.text):
                 drop(key, "not asked for")
+            elif role == "plot" and not out.get(key) and _REQUEST_WORDS["plot"].search(facts.text):
+                named = observation_columns(facts.text, profiles)
+                if named:
+                    set_(key, named, "the plot the user asked for")
+            elif role == "thresholds" and not out.get(key):
+                asked = [r for r, _ in user_thresholds(facts.text)]
+                if asked:
+                    set_(key, asked, "the threshold the user asked for")
         elif role == "question":
             set_(key, facts.text.strip()[:2000], "the user's question")
         elif role == "filters":
-            _ground_filters(key, info, out, facts, last if inherit else None, notes)
+            _ground_filters(key, info, out, facts, last if inherit else None, notes, columns)
         elif role in ("age_min", "age_max", "sex"):
             value = _filter_value(role, facts, (last or {}).get(key) if inherit else None)
             if value is not None:
@@ -594,6 +660,8 @@ def ground_args(
             named = [x for x in (sources or []) if _mentioned(x, facts.text) or _mentioned(x.split("-")[0], facts.text)]
             if named:
                 set_(key, named[0], "the source the user named")
+            elif prev is not None:
+                set_(key, prev, "same as the last cohort")
             elif key in out and out[key] and not _mentioned(str(out[key]).split("-")[0], facts.text):
                 drop(key, "not in the request; the condition's source applies")
             if key not in out and info.is_required():
@@ -629,11 +697,12 @@ def _literal_choices(info: Any) -> list[str]:
 def _ground_choice(key: str, info: Any, out: dict[str, Any], facts: Facts, notes: list[str]) -> None:
     """An enum argument: the choice the user's words name wins; an unnamed choice falls back to the default.
 
-    Any other optional number (e.g. how many passages to return) that the user did not write is an
-    invention of the model: it is dropped so the tool's default applies.
+    Any other number (e.g. how many passages to return) that the user did not write is an invention of the
+    model: it is dropped so the tool's default applies (or, for a required one, validation asks for it).
     """
     value = out.get(key)
-    if (isinstance(value, (int, float)) and not isinstance(value, bool) and not info.is_required()
+    # A number the user never wrote is invented, required or not: dropped (a required one is then asked for).
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)
             and float(value) not in facts.numbers):
         notes.append(f"{key}: dropped {out.pop(key)!r} (not in the request; the default applies)")
         return
@@ -670,8 +739,93 @@ def _filter_value(role: str, facts: Facts, prev: Any) -> Any:
     return None
 
 
+# ---- clinical attributes of a generation request ----------------------------------------------------------
+# (phrase pattern, filter rule on a source column). A rule applies only where the chosen source has the column;
+# elsewhere the phrase is named as not honoured. Checked in order; one rule per column.
+ATTRIBUTE_RULES: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.I), r) for p, r in [
+    (r"\b(?:not on|without|no) insulin\b|\bnot (?:taking|using) insulin\b", "insulin_now=0"),
+    (r"\bon insulin\b|\b(?:taking|using|use|uses|need|needing|requiring) insulin\b|\binsulin[- ](?:users?|treated|dependent)\b",
+     "insulin_now=1"),
+    (r"\b(?:taking|on|using) (?:diabetes |oral |glucose[- ]lowering |blood sugar )?(?:pills|tablets|oral agents|"
+     r"oral medications?)\b", "diabetes_pills=1"),
+    (r"\b(?:non-?smokers?|never[- ]smok\w*|who (?:have )?never smoked|don'?t smoke|do not smoke)\b", "smoking_status=never"),
+    (r"\b(?:former|ex-?|past|quit) ?smokers?\b|\bwho (?:used to smoke|quit smoking)\b", "smoking_status=former"),
+    (r"\b(?:current )?smokers?\b|\bwho smoke\b|\bsmoking (?:patients|adults|people)\b|\bthat smoke\b",
+     "smoking_status=current"),
+    (r"\b(?:obese|with obesity|obesity)\b", "bmi_kg_m2>=30"),
+    (r"\boverweight\b", "bmi_kg_m2>=25"),
+    (r"\b(?:had a stroke|history of (?:a )?stroke|stroke survivors?|post-?stroke|with (?:a )?(?:prior )?stroke)\b",
+     "stroke=1"),
+    (r"\b(?:heart attacks?|myocardial infarction|prior mi|history of mi)\b", "heart_attack=1"),
+    (r"\b(?:uninsured|without (?:health )?insurance|no (?:health )?insurance)\b", "health_insurance=0"),
+    (r"\b(?:with asthma|asthmatics?)\b", "asthma=1"),
+    (r"\bwith arthritis\b", "arthritis=1"),
+]]
+# Observations named with a threshold in a generation request ("with HbA1c above 9").
+_THRESHOLD_COLUMNS = {"hba1c": "hba1c_pct", "a1c": "hba1c_pct", "bmi": "bmi_kg_m2", "systolic": "sbp_mmhg",
+                      "sbp": "sbp_mmhg", "diastolic": "dbp_mmhg", "dbp": "dbp_mmhg", "waist": "waist_cm",
+                      "hdl": "hdl_mg_dl", "cholesterol": "total_chol_mg_dl", "weight": "weight_kg"}
+_THRESHOLD = re.compile(r"\b(hba1c|a1c|bmi|systolic|sbp|diastolic|dbp|waist|hdl|cholesterol|weight)\b[\w\s]{0,12}?"
+                        r"(>=|<=|>|<|≥|≤|above|over|greater than|more than|at least|below|under|less than|at most)\s*"
+                        r"(\d+(?:\.\d+)?)", re.I)
+_OPS = {"above": ">", "over": ">", "greater than": ">", "more than": ">", "at least": ">=", "below": "<",
+        "under": "<", "less than": "<", "at most": "<=", "≥": ">=", "≤": "<="}
+# Clinical attributes no registered source records: named in the answer as not applied.
+UNMEASURED = re.compile(
+    r"\b(?:on |taking |using )?(?:metformin|statins?|ace[- ]inhibitors?|arbs?|sglt-?2 inhibitors?|glp-?1(?: agonists?)?|"
+    r"beta[- ]blockers?|diuretics?|anticoagulants?)\b|\b(?:with |has |having )?(?:diabetic )?(?:retinopathy|neuropathy|"
+    r"nephropathy|foot ulcers?|amputations?|dialysis|pregnan\w*|gestational|dementia|depression|cancer)\b|"
+    r"\b(?:ckd |gold |nyha |hypertension )?stage (?:[1-5]|i{1,3}v?|iv|v)(?:[ab])?\b|\begfr\b[^,.;]{0,20}|"
+    r"\b(?:reduced|preserved) ejection fraction\b|\bhfrel?ef\b|\bhfpef\b|\bfev1\b[^,.;]{0,20}|\balbuminuria\b",
+    re.I)
+
+
+_THRESHOLD_AFTER = re.compile(
+    r"\b(hba1c|a1c|bmi|systolic|sbp|diastolic|dbp|waist|hdl|cholesterol|weight)\b[\w\s]{0,14}?(?:of\s+|at\s+)?"
+    r"(\d+(?:\.\d+)?)\s*(?:%|mmhg|kg/m2|mg/dl|cm|kg)?\s*(or more|or higher|or above|or over|\+|and above|and over|"
+    r"or less|or lower|or below|or under|and below|and under)", re.I)
+
+
+def user_thresholds(text: str) -> list[tuple[str, str]]:
+    """[(rule on a source column, the user's phrase)] of observation thresholds in a request ("HbA1c above 9",
+    "an A1c of 8 or more")."""
+    out: list[tuple[str, str]] = []
+    cols: set[str] = set()
+    for m in _THRESHOLD.finditer(text):
+        col = _THRESHOLD_COLUMNS[m.group(1).lower()]
+        if col not in cols:
+            out.append((f"{col}{_OPS.get(m.group(2).lower(), m.group(2))}{m.group(3)}", m.group(0).strip()))
+            cols.add(col)
+    for m in _THRESHOLD_AFTER.finditer(text):
+        col = _THRESHOLD_COLUMNS[m.group(1).lower()]
+        op = ">=" if re.search(r"more|higher|above|over|\+", m.group(3), re.I) else "<="
+        if col not in cols:
+            out.append((f"{col}{op}{m.group(2)}", m.group(0).strip()))
+            cols.add(col)
+    return out
+
+
+def clinical_attributes(text: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(filter rule, the user's phrase)], [phrases of attributes no source records]) of a request."""
+    rules: list[tuple[str, str]] = []
+    used_cols: set[str] = set()
+    for pattern, rule in ATTRIBUTE_RULES:
+        m = pattern.search(text)
+        col = re.split(r"[<>=!]", rule)[0]
+        if m and col not in used_cols:
+            rules.append((rule, m.group(0).strip()))
+            used_cols.add(col)
+    for rule, phrase in user_thresholds(text):
+        col = re.split(r"[<>=!]", rule)[0]
+        if col not in used_cols:
+            rules.append((rule, phrase))
+            used_cols.add(col)
+    unmet = list(dict.fromkeys(m.group(0).strip() for m in UNMEASURED.finditer(text)))
+    return rules, unmet
+
+
 def _ground_filters(key: str, info: Any, out: dict[str, Any], facts: Facts, last: dict[str, Any] | None,
-                    notes: list[str]) -> None:
+                    notes: list[str], columns: set[str] | None = None) -> None:
     """Set age/sex filters on a nested model, a dict or a list of textual rules."""
     prev = (last or {}).get(key)
     model = _nested_model(info)
@@ -715,6 +869,12 @@ def _ground_filters(key: str, info: Any, out: dict[str, Any], facts: Facts, last
             rules.append(f"{age_col}<={int(age_max) if float(age_max).is_integer() else age_max}")
         if sex is not None:
             rules.append(f"{sex_col}={sex}")
+        for rule, _phrase in facts.attributes:
+            col = re.split(r"[<>=!]", rule)[0]
+            if columns is not None and col not in columns:
+                continue
+            rules = [r for r in rules if re.split(r"\s*[<>=!]", r.replace(" ", ""))[0] != col]
+            rules.append(rule)
         if rules:
             if out.get(key) != rules:
                 notes.append(f"{key}: {out.get(key)} -> {rules} (the user's words)")

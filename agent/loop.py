@@ -10,8 +10,12 @@ One turn: the request (with a compact session context) goes to the LLM, wrapped 
 `LLM` that passes `grammar` and `stop` through to the backend. Each reply is one ReAct step,
 parsed by LangChain's ReAct output parser (`langchain_classic`); the Action runs as a LangChain
 tool made by synthehr.agent.tooling from the registry's ToolSpec. Grammar-constrained decoding (GBNF
-from the registry), grounding of arguments in the user's words, few-shot examples and an
-embedding router make a 135M model usable; the same design helps LLaMA-2. Parse errors,
+from the registry), grounding of arguments in the user's words (by the roles each args field declares),
+few-shot examples from each ToolSpec, the intent model (synthehr.agent.intent) and the embedding router
+make a 135M model usable; the same design helps LLaMA-2. Before each call the agent says what it is
+doing (the spec's `describe`). The answer is written from the tools' typed results by
+synthehr.agent.answer; a capable model's own wording is kept only when the verifier finds every number,
+id and claim in those results. Parse errors,
 unknown tools and invalid arguments go back to the model as corrective observations listing
 the valid choices. Observations are sanitised before they enter the prompt (a document that
 says "Action: ..." is data, never a step). The step limit is settings.llm.max_steps.
@@ -74,7 +78,9 @@ class TurnResult:
     parse_failures: int = 0
     llm_calls: int = 0
     session: str = "default"
-    composed: bool = False  # the answer was composed from tool output (the model's was unusable)
+    composed: bool = False  # the answer was written from the tools' results (not the model's wording)
+    answer_problems: list[str] = field(default_factory=list)  # why the model's own wording was not used
+    plan: list[dict[str, Any]] = field(default_factory=list)  # the intent model's confident plan
     latency_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +155,7 @@ class ReActAgent:
         registry: "Registry",
         *,
         router: "Router | None" = None,
+        intent_model: Any = None,
         on_event: Callable[[StepEvent], None] | None = None,
         max_steps: int | None = None,
     ):
@@ -158,6 +165,7 @@ class ReActAgent:
         self.settings = deps.settings
         self.registry = registry
         self.router = router
+        self.intent_model = intent_model
         self.on_event = on_event
         self.max_steps = max_steps or self.settings.llm.max_steps
         self.lc_llm = llm if isinstance(llm, BackendLLM) else BackendLLM(
@@ -255,6 +263,18 @@ class ReActAgent:
             intents = [r for r in routes if r.confident and r.tool in self.registry]
             if routes and routes[0].tool == "none" and routes[0].confident:
                 none_route = routes[0]
+        if self.intent_model is not None and len(intents) < 2:
+            # The intent model (trained on generated paraphrases and the tools' own examples) decides when it is
+            # confident: factual questions go to retrieval, generation requests keep their attributes.
+            from synthehr.agent.intent import NONE as NO_TOOL, as_route
+
+            planned = [as_route(i) for i in self.intent_model.plan(text) if i.confident]
+            self.result.plan = [{"tool": r.tool, "p": round(r.score, 3)} for r in planned]
+            if planned and all(r.tool in self.registry for r in planned):
+                intents, none_route = planned, None
+                whole = planned[0] if len(planned) == 1 else None
+            elif len(planned) == 1 and planned[0].tool == NO_TOOL and not intents:
+                none_route = planned[0]
             if (not intents and whole is not None and whole.tool in self.registry
                     and whole.score >= self.router.min_score - 0.1
                     and self._is_generation(whole.tool) and grounding._last_generation(sess.state) is not None
@@ -271,15 +291,18 @@ class ReActAgent:
         final_text: str | None = None
         for _ in range(self.max_steps):
             any_ok = any(st.get("ok") for st in self.steps)
+            if (any_ok and not intents and self.steps[-1].get("ok") and not self._model_phrases()
+                    and (self.router is not None or self.intent_model is not None)):
+                # The planned tools have run and this model does not phrase answers: the writer answers now
+                # (asking the model for a final answer it would not be shown costs a long generation).
+                break
             last_failed = bool(self.steps) and not self.steps[-1].get("ok")
             grammar = self._plan_grammar(intents, whole, any_ok, last_failed)
             raw = self._native_step(messages, grammar) if self.native else self._generate(messages, grammar)
             result.llm_calls += 1
             step_text = cut_at_stop(raw, prompts.STOP).strip()
             parsed, error = self._parse(step_text)
-            thought = _thought(step_text)
-            if thought:
-                self.emit("thought", text=thought)
+            thought = _thought(step_text)  # the model's own line: kept in the step, not shown as progress
             if error is not None:
                 result.parse_failures += 1
                 consecutive_failures += 1
@@ -364,6 +387,7 @@ class ReActAgent:
                 follow = f"\nThe request also asks: \"{sanitize_observation(intents[0].text, 200)}\"."
             messages += [{"role": "assistant", "content": shown},
                          {"role": "user", "content": f"Observation: {obs}{follow}"}]
+        self._out_of_scope = none_route is not None and not intents
         return self._finalize(final_text, text, sess)
 
     # -- model call and parsing ---------------------------------------------------------------------------
@@ -464,7 +488,7 @@ class ReActAgent:
         try:
             raw_args = dict(args or {})
             grounded, notes = grounding.ground_args(spec, raw_args, facts, sess.state, self.settings,
-                                                    sources=self._sources())
+                                                    sources=self._sources(), columns=self._source_columns())
             grounding.check_args_limits(spec, grounded, self.settings)
             validated = spec.args_model.model_validate(grounded)
             call_args = validated.model_dump(exclude_unset=True)
@@ -481,6 +505,11 @@ class ReActAgent:
             return self._fail(step, validation_message(spec, exc), args, notes)
         step["args"] = call_args
         step["notes"] = notes
+        if self._is_generation(tool):
+            cols = self._source_columns()
+            unapplied = [p for r, p in facts.attributes if cols is not None and re.split(r"[<>=!]", r)[0] not in cols]
+            if facts.unmet or unapplied:
+                step["unmet"] = list(dict.fromkeys(facts.unmet + unapplied))
         if source == "router":
             step["notes"] = [f"tool chosen by the router (the model chose otherwise)"] + notes
         key = tool + json.dumps(call_args, sort_keys=True, default=str)
@@ -492,7 +521,10 @@ class ReActAgent:
                 raise _Stop(self._finalize(None, facts.text, sess))
             return msg
         calls.add(key)
-        self.emit("action", tool=tool, args=call_args, text=thought)
+        doing = describe_call(spec, self.deps, validated)
+        step["doing"] = doing
+        self.emit("thought", tool=tool, args=call_args, text=doing)
+        self.emit("action", tool=tool, args=call_args, text=doing)
         before = sess.state.to_dict()
         content, artifact, ok = invoke_tool(self.tools[tool], call_args, f"call-{uuid.uuid4().hex[:8]}")
         if ok and artifact is not None:
@@ -504,14 +536,23 @@ class ReActAgent:
             files = [f for f in files if f not in outside]
             step.setdefault("notes", []).append(f"{len(outside)} file path(s) outside the workspace withheld")
         step.update(observation=obs, files=files, ok=ok, data=_safe_data(artifact.data if artifact else None))
+        if ok and artifact is not None and hasattr(artifact, "typed"):
+            step["result"] = _safe_data(artifact.typed())
         if not ok:
             step["error"] = "tool"
         self.emit("observation" if ok else "error", tool=tool, args=call_args, text=obs, files=files)
         return obs
 
     def _is_generation(self, tool: str) -> bool:
-        roles = {grounding.field_role(k) for k in self.registry.get(tool).args_model.model_fields}
+        roles = set(grounding.model_roles(self.registry.get(tool).args_model).values())
         return {"condition", "n"} <= roles
+
+    def _source_columns(self) -> set[str] | None:
+        """The columns of the registered sources (attribute filters apply only where a source has the column)."""
+        try:
+            return {c for name in self.deps.catalog.names() for c in self.deps.catalog.get(name).column_map()}
+        except Exception:  # noqa: BLE001 - no catalog: attributes are applied as the user wrote them
+            return None
 
     def _sources(self) -> list[str]:
         try:
@@ -527,40 +568,49 @@ class ReActAgent:
 
     # -- the final answer ---------------------------------------------------------------------------------
     def _finalize(self, model_answer: str | None, text: str, sess: session_mod.Session) -> str:
+        """The answer: written from the tools' typed results (synthehr.agent.answer); a capable model's own
+        wording is kept only when the verifier finds every number, id and claim in those results."""
+        from synthehr.agent import answer as answer_mod
+
         done = [s for s in self.steps if s.get("tool") and s.get("observation") and s.get("error") != "repeat"]
-        answer = (model_answer or "").strip()
+        model = _drop_trailing_questions((model_answer or "").strip())
         if not done:
-            if _usable(answer):
-                return answer
+            if _usable(model):
+                return model
             errors = [s["observation"] for s in self.steps if s.get("observation")]
             if errors:
                 self.result.composed = True
                 return "I could not complete the request. " + errors[-1]
-            return CAPABILITIES
-        # A small model often ends with a question of its own after the facts; after a tool ran it is noise.
-        answer = _drop_trailing_questions(answer)
-        evidence = " ".join([text, sess.context_text()] + [json.dumps(s.get("args") or {}) + " " + s["observation"]
-                                                          for s in done])
-        files = list(dict.fromkeys(f for s in done for f in (s.get("files") or [])))
-        ok_obs = " ".join(s["observation"] for s in done if s.get("ok"))
-        if _usable(answer) and _faithful(answer, evidence) and (not ok_obs or _grounded_in(answer, ok_obs)):
-            missing = [f for f in files if Path(f).name not in answer and f not in answer]
-            extra = []
-            if files and len(missing) == len(files):
-                extra.append("Files: " + ", ".join(files))
-            if not re.search(r"\b(?:source|nhanes|guideline|\[\d\])", answer, re.I):
-                cited = _source_sentences(ok_obs)
-                if cited:
-                    extra.append("Sources (tool output): " + cited)
-            return answer + ("\n\n" + "\n".join(extra) if extra else "")
-        self.result.composed = True
-        lines = ["Here is what the tools reported (tool output, quoted):"]
-        for s in done:
-            status = "" if s.get("ok") else " (error)"
-            lines.append(f"- {s['tool']}{status}: {s['observation']}")
-        if files:
-            lines.append("Files: " + ", ".join(files))
-        return "\n".join(lines)
+            # A request the planner judged out of scope is told so (not only what synthehr can do).
+            return OUT_OF_SCOPE if getattr(self, "_out_of_scope", False) else CAPABILITIES
+        self.emit("thought", text="Writing the answer from the results.")
+        chosen, problems = answer_mod.choose_answer(
+            model if _usable(model) else None, self.steps, model_phrases=self._model_phrases(), request=text,
+            context=sess.context_text(), root=self.deps.workspace.root)
+        self.result.composed = chosen != model
+        self.result.answer_problems = problems
+        return chosen
+
+    def _model_phrases(self) -> bool:
+        """Whether the model may phrase the answer (capable models); the embedded model never does."""
+        flag = getattr(self.backend, "phrases_answers", None)
+        if flag is not None:
+            return bool(flag)
+        return getattr(self.backend, "name", "") != "embedded"
+
+
+def describe_call(spec: Any, deps: "Deps", args: Any) -> str:
+    """What the agent is about to do, in the clinician's words (the tool's own `describe`, else its description)."""
+    fn = getattr(spec, "describe", None)
+    if fn is not None:
+        try:
+            text = fn(deps, args)
+            if text:
+                return str(text)
+        except Exception:  # noqa: BLE001 - a description must never stop the call
+            pass
+    first = re.split(r"(?<=[.:])\s", " ".join(spec.description.split()))[0].rstrip(".:")
+    return first[:1].upper() + first[1:] + "."
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
@@ -602,53 +652,6 @@ def _usable(answer: str) -> bool:
     return len(set(words)) >= max(3, len(words) // 4)
 
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?")
-
-
-def _numbers(text: str) -> set[float]:
-    out = set()
-    for m in _NUMBER.finditer(text):
-        try:
-            out.add(round(float(m.group(0).replace(",", "")), 6))
-        except ValueError:
-            pass
-    return out
-
-
-def _faithful(answer: str, evidence: str) -> bool:
-    """Every number in the answer occurs in the request, the context, the arguments or the observations."""
-    have = _numbers(evidence)
-    for n in _numbers(answer):
-        if n not in have and not any(abs(n - h) <= 0.051 * max(abs(h), 1e-9) and abs(n - h) < 1 for h in have):
-            return False
-    ids = re.findall(r"\b[a-z]+-\d{8}-\d{6}-[0-9a-f]{6}\b", answer)
-    return all(i in evidence for i in ids)
-
-
-_REFUSAL = re.compile(r"\b(?:sorry|can't|cannot|unable|not able|as an ai)\b", re.I)
-_STOPWORDS = set("the a an of and or in on for to with from by is are was were be this that these those it its "
-                 "as at i you we they he she them their our your have has had not no yes".split())
-
-
-def _grounded_in(answer: str, observations: str) -> bool:
-    """After a tool succeeded, the answer must use its output (a number, an id or several content words)
-    and must not claim it could not help."""
-    if _REFUSAL.search(answer):
-        return False
-    if _numbers(answer) & _numbers(observations):
-        return True
-    aw = {w for w in re.findall(r"[a-z0-9-]+", answer.lower()) if w not in _STOPWORDS and len(w) > 2}
-    ow = {w for w in re.findall(r"[a-z0-9-]+", observations.lower()) if w not in _STOPWORDS and len(w) > 2}
-    return len(aw & ow) >= 3
-
-
-def _source_sentences(observations: str) -> str:
-    """The sentences of the tool output that name sources or guidelines."""
-    sentences = re.split(r"(?<=[.!?])\s+", observations)
-    picked = [x.strip() for x in sentences if re.search(r"\b(?:sources?|guidelines?)\b|\[\d\]", x, re.I)]
-    return " ".join(dict.fromkeys(picked))[:600]
-
-
 def _safe_data(data: Any) -> Any:
     """A JSON-safe copy of a tool's structured result (for --json and the web page)."""
     if data is None:
@@ -675,12 +678,14 @@ def run_turn(
     on_event: Callable[[StepEvent], None] | None = None,
     router: "Router | str | None" = DEFAULT_ROUTER,
     max_steps: int | None = None,
+    intent: Any = "auto",
 ) -> TurnResult:
     """Answer one user request in the session `deps.session.name`, calling tools as the LLM decides.
 
     `llm` is an synthehr.agent.llm.base.LLMBackend (or a BackendLLM). `registry` defaults to every tool
     synthehr ships. `on_event` receives StepEvents as they happen. `router` is "auto" (the packaged
-    embedding router when it loads), None (no router) or a Router. History and tool state are saved
+    embedding router when it loads), None (no router) or a Router. `intent` is "auto" (the packaged intent
+    model whenever a router is used), None, or an synthehr.agent.intent.IntentModel. History and tool state are saved
     in the workspace's sessions table after the turn.
     """
     from synthehr.errors import require_request
@@ -693,5 +698,11 @@ def run_turn(
         router = default_router(registry, deps.settings.knowledge.embedding_model)
     elif isinstance(router, str):
         raise ValueError("router must be 'auto', None or a Router")
-    agent = ReActAgent(deps, llm, registry, router=router, on_event=on_event, max_steps=max_steps)
+    if intent == "auto":
+        # The intent model plans with the router; without a router the LLM alone decides (as tests script it).
+        from synthehr.agent.intent import default_intent_model
+
+        intent = default_intent_model(registry) if router is not None else None
+    agent = ReActAgent(deps, llm, registry, router=router, intent_model=intent, on_event=on_event,
+                       max_steps=max_steps)
     return agent.run(text)

@@ -47,132 +47,20 @@ code, more than {max_rows} records or epsilon above {max_epsilon}; name the limi
 
 TOOL_LINE = "{name}: {description}\n  Action Input keys: {keys}"
 
-# Few-shot conversations: (request, [(thought, tool, args, observation)], final thought, final answer).
-# Shown when the tool is registered and the args validate. Numbers are deliberately unlike the test requests.
-FEW_SHOT: list[dict[str, Any]] = [
-    {
-        "request": "create 300 synthetic hypertension patients with 8 key observations from the US population",
-        "steps": [
-            ("The user wants a synthetic cohort: generate it.", "generate_cohort",
-             {"condition": "hypertension", "n": 300, "n_observations": 8, "population": "US"},
-             "Generated 300 synthetic Hypertension records (dataset ds-example-1, file datasets/ds-example-1/data.csv) "
-             "from NHANES 2017-2018 with epsilon 1.0; mean systolic BP 139 mmHg. Sources: NHANES 2017-2018; "
-             "guideline ACC/AHA 2017."),
-        ],
-        "final": "I generated 300 synthetic hypertension patients (file datasets/ds-example-1/data.csv, epsilon 1.0); "
-                 "mean systolic BP 139 mmHg. Sources: NHANES 2017-2018 and the ACC/AHA 2017 guideline.",
-    },
-    {
-        "request": "what is the average BMI of those patients?",
-        "context": "Last data set: ds-example-1 (condition=Hypertension, n=300). Refer to it as \"last\".",
-        "steps": [
-            ("They ask a statistic of the last data set.", "cohort_stats", {"dataset": "last", "columns": ["bmi_kg_m2"]},
-             "ds-example-1 (300 rows): BMI mean 31.2 (SD 6.8) kg/m2."),
-        ],
-        "final": "The mean BMI of the 300 synthetic patients in ds-example-1 is 31.2 kg/m2 (SD 6.8).",
-    },
-    {
-        "request": "which data sources and guidelines is this cohort based on?",
-        "context": "Last data set: ds-example-1 (condition=Hypertension, n=300). Refer to it as \"last\".",
-        "steps": [
-            ("They ask for provenance of the last data set.", "explain_provenance",
-             {"question": "which data sources and guidelines is this cohort based on?", "dataset": "last"},
-             "ds-example-1 was sampled from a DP-GAN trained on NHANES 2017-2018 [1] (epsilon 1.0); the cohort "
-             "follows the ACC/AHA 2017 blood pressure guideline [2]."),
-        ],
-        "final": "It is based on NHANES 2017-2018 [1], through a DP-GAN trained with epsilon 1.0, and the cohort "
-                 "follows the ACC/AHA 2017 blood pressure guideline [2].",
-    },
-    {
-        "request": "give me the real NHANES records of the diabetics",
-        "steps": [],
-        "final_thought": "Real patient records must never be shown: decline.",
-        "final": "I can't show real patient records. I can generate a differentially private synthetic diabetes "
-                 "cohort instead.",
-    },
-]
-
-# Extra phrasings per tool for the embedding router (besides each ToolSpec's description and examples).
-ROUTER_EXAMPLES: dict[str, list[str]] = {
-    "generate_cohort": [
-        "generate 500 patients with type 2 diabetes",
-        "create a synthetic cohort of heart failure patients",
-        "simulate EHR data for COPD patients in the US",
-        "I need synthetic records of people with chronic kidney disease",
-        "make a fake dataset of hypertensive adults with 10 observations",
-        "produce synthetic diabetic patients aged over 50",
-        "make them older",
-        "only women",
-        "same cohort but only men",
-        "now do it again with 300 patients",
-        "generate synthetic EHR data based on the US population",
-        "build me a synthetic data set with the most important observations",
-        "generate 400 patients with epsilon 0.5",
-        "create a heart failure cohort with a privacy budget of epsilon 2",
-        "synthesize records for people with kidney disease",
-    ],
-    "cohort_stats": [
-        "what is their mean HbA1c?",
-        "summarise the generated data",
-        "how many of them have high blood pressure?",
-        "average age of the synthetic patients",
-        "give me descriptive statistics of the last data set",
-        "compare BMI between men and women in the cohort",
-        "what share of patients has HbA1c above 8%?",
-        "show the distribution of systolic blood pressure",
-        "what fraction of the cohort takes insulin?",
-        "percentage of current smokers in the data",
-        "how old are the patients on average?",
-        "show me their mean values",
-        "their median systolic blood pressure",
-        "mean age and BMI of the cohort",
-    ],
-    "explain_provenance": [
-        "where did this data come from?",
-        "which real-world data sources and guidelines was this based on?",
-        "what guideline defines the cohort?",
-        "how was this data set made and with what privacy guarantee?",
-        "explain the lineage of the last data set",
-        "what does differential privacy mean here?",
-        "cite the sources of these records",
-        "what is DP-SGD?",
-        "which guideline defines heart failure?",
-        "tell me about a data source: publisher, years and licence",
-        "what is the definition of chronic kidney disease used here?",
-    ],
-    "privacy_budget": [
-        "how much epsilon is left for NHANES?",
-        "show the privacy ledger",
-        "how much privacy budget have we spent?",
-    ],
-    "train_generator": [
-        "train a generator on NHANES",
-        "fit a new DP-GAN model with epsilon 2",
-        "train a differentially private model for diabetes without sampling yet",
-    ],
-}
-
-# Lexical cues that add to the router's embedding score of a tool (short texts embed noisily).
-ROUTER_KEYWORDS: dict[str, str] = {
-    "generate_cohort": r"\b(?:generate|create|simulate|synthesi[sz]e|produce|build|make|give me|need|want)\b.{0,60}"
-                       r"\b(?:patients?|records?|cohort|people|data ?set|ehr|adults|women|men|diabetics)\b"
-                       r"|\b(?:older|younger|only (?:women|men|females|males)|restrict|limit it|narrow)\b",
-    "cohort_stats": r"\b(?:mean|average|median|sd|standard deviation|distribution|share|proportion|percentage|"
-                    r"how many|correlat\w*|summar\w*|statistics?|describe|prevalence|fraction|histogram|plot)\b",
-    "explain_provenance": r"\b(?:sources?|guidelines?|come from|came from|based on|lineage|provenance|cite|citations?|"
-                          r"licen[cs]e|publisher|why is|what does .{0,30} mean|dp-sgd|differential privacy|how was|"
-                          r"explain|defin\w*|classif\w*|criteria)\b",
-    "privacy_budget": r"\b(?:budget|ledger|spent|left)\b.{0,40}\b(?:privacy|epsilon|budget)\b|\bprivacy budget\b",
-    "export_dataset": r"\b(?:export|fhir|ndjson|bundle)\b",
+# Each tool's few-shot conversation, router examples and lexical cues live on its ToolSpec (few_shot,
+# router_examples, router_cues, router_requires): adding a tool is one module plus one registry line.
+# Only what belongs to no tool is here: the decline example and the router's "no tool" class.
+DECLINE_SHOT: dict[str, Any] = {
+    "request": "give me the real NHANES records of the diabetics",
+    "thought": "Real patient records must never be shown: decline.",
+    "final": "I can't show real patient records. I can generate a differentially private synthetic diabetes "
+             "cohort instead.",
 }
 KEYWORD_BOOST = 0.08
-# A tool whose request must show one of these cues; without it the tool's router score is lowered by the boost
-# (a question about COPD is not a request to generate COPD patients).
-ROUTER_REQUIRED: dict[str, str] = {
-    "generate_cohort": r"\b(?:generate|create|simulate|synthesi[sz]e|produce|build|make|give|need|want|get|sample|"
-                       r"fake|synthetic|cohort|again|same|instead|only|older|younger|restrict|limit|women|men|"
-                       r"females?|males?|aged?|over|under)\b|\d",
-}
+# The thought before a Final Answer in the few-shot examples, and extra shots (benchmark variants), each
+# {"request", "context"?, "thought", "tool", "args", "observation", "final"}.
+FINAL_THOUGHT = "I can answer now."
+EXTRA_SHOTS: list[dict[str, Any]] = []
 
 # The router's "no tool" class: requests to decline or answer without a tool.
 DECLINE_EXAMPLES: list[str] = [
@@ -230,23 +118,9 @@ def user_message(request: str, context: str = "") -> str:
 
 
 def _adapt(spec: Any, args: dict[str, Any]) -> dict[str, Any] | None:
-    """Map example argument names onto the tool's real field names by role; None if they don't validate."""
-    from synthehr.agent.grounding import field_role
-
+    """The example's arguments if they validate against the tool's args model (else the example is not shown)."""
     fields = spec.args_model.model_fields
-    by_role: dict[str, str] = {}
-    for name in fields:
-        role = field_role(name)
-        if role and role not in by_role:
-            by_role[role] = name
-    out: dict[str, Any] = {}
-    for key, value in args.items():
-        if key in fields:
-            out[key] = value
-            continue
-        role = field_role(key)
-        if role and role in by_role:
-            out[by_role[role]] = value
+    out = {k: v for k, v in args.items() if k in fields}
     try:
         spec.args_model.model_validate(out)
     except ValidationError:
@@ -255,26 +129,24 @@ def _adapt(spec: Any, args: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def few_shot_messages(registry: "Registry") -> list[dict[str, str]]:
-    """The few-shot conversations whose tools are registered, as chat messages."""
+    """The few-shot conversations of the registered tools (each spec's `few_shot`) and the decline example."""
     messages: list[dict[str, str]] = []
-    for ex in FEW_SHOT:
-        turns: list[dict[str, str]] = [{"role": "user", "content": user_message(ex["request"], ex.get("context", ""))}]
-        ok = True
-        for thought, tool, args, observation in ex["steps"]:
-            if tool not in registry:
-                ok = False
-                break
-            adapted = _adapt(registry.get(tool), args)
-            if adapted is None:
-                ok = False
-                break
-            turns.append({"role": "assistant", "content": format_step(thought, tool, adapted)})
-            turns.append({"role": "user", "content": f"Observation: {observation}"})
-        if not ok:
+    shots = [(spec, spec.few_shot) for spec in registry if getattr(spec, "few_shot", None)]
+    shots += [(registry.get(ex["tool"]), ex) for ex in EXTRA_SHOTS if ex.get("tool") in registry]
+    for spec, ex in shots:
+        adapted = _adapt(spec, ex["args"])
+        if adapted is None:
             continue
-        turns.append({"role": "assistant",
-                      "content": format_step(ex.get("final_thought", "I can answer now."), None, None, ex["final"])})
-        messages.extend(turns)
+        messages += [
+            {"role": "user", "content": user_message(ex["request"], ex.get("context", ""))},
+            {"role": "assistant", "content": format_step(ex["thought"], spec.name, adapted)},
+            {"role": "user", "content": f"Observation: {ex['observation']}"},
+            {"role": "assistant", "content": format_step(ex.get("final_thought", FINAL_THOUGHT), None, None,
+                                                         ex["final"])},
+        ]
+    messages += [{"role": "user", "content": user_message(DECLINE_SHOT["request"])},
+                 {"role": "assistant", "content": format_step(DECLINE_SHOT["thought"], None, None,
+                                                              DECLINE_SHOT["final"])}]
     return messages
 
 

@@ -1,7 +1,7 @@
 """Embedding router: a fallback for the model's tool choice.
 
-Every registered tool is described by its description, its ToolSpec.examples and the extra
-phrasings in synthehr.agent.prompts.ROUTER_EXAMPLES; a "none" class holds requests to decline or answer
+Every registered tool is described by its description, its ToolSpec.examples and router_examples
+(and scored up by its router_cues); a "none" class holds requests to decline or answer
 without a tool. A request is embedded with the packaged all-MiniLM-L6-v2 (loaded by path,
 offline) and scored against each class (best cosine similarity over its examples). The agent
 uses the router when the model's tool choice is invalid, or contradicts a confident router
@@ -49,7 +49,7 @@ class Router:
     def __init__(self, embed: Embed, registry: "Registry", min_score: float = MIN_SCORE, min_margin: float = MIN_MARGIN):
         import numpy as np
 
-        from synthehr.agent.prompts import DECLINE_EXAMPLES, ROUTER_EXAMPLES
+        from synthehr.agent.prompts import DECLINE_EXAMPLES, KEYWORD_BOOST
 
         self.embed = embed
         self.min_score = min_score
@@ -57,7 +57,7 @@ class Router:
         labels: list[str] = []
         texts: list[str] = []
         for spec in registry:
-            items = [" ".join(spec.description.split()), *spec.examples, *ROUTER_EXAMPLES.get(spec.name, [])]
+            items = [" ".join(spec.description.split()), *spec.examples, *getattr(spec, "router_examples", ())]
             for t in dict.fromkeys(items):
                 labels.append(spec.name)
                 texts.append(t)
@@ -67,10 +67,8 @@ class Router:
         self.labels = labels
         self.texts = texts
         self.classes = list(dict.fromkeys(labels))
-        from synthehr.agent.prompts import KEYWORD_BOOST, ROUTER_KEYWORDS, ROUTER_REQUIRED
-
-        self.required = {t: re.compile(p, re.I) for t, p in ROUTER_REQUIRED.items() if t in registry}
-        self.keywords = {t: re.compile(p, re.I) for t, p in ROUTER_KEYWORDS.items() if t in registry}
+        self.required = {s.name: re.compile(s.router_requires, re.I) for s in registry if getattr(s, "router_requires", "")}
+        self.keywords = {s.name: re.compile(s.router_cues, re.I) for s in registry if getattr(s, "router_cues", "")}
         self.boost = KEYWORD_BOOST
         self._matrix = np.asarray(embed(texts), dtype="float32")
         self._labels = np.asarray(labels)
@@ -156,7 +154,7 @@ def load_embedder(path: str | None = None) -> Embed:
 
 def default_router(registry: "Registry", model_path: str | None = None) -> Router | None:
     """The router over `registry` with the packaged model (cached per process); None if it can't load."""
-    key = (model_path or "", tuple(f"{s.name}:{s.description}:{len(s.examples)}" for s in registry))
+    key = (model_path or "", tuple(f"{s.name}:{s.description}:{len(s.examples)}:{len(s.router_examples)}" for s in registry))
     with _LOCK:
         cached = _ROUTERS.get(key)
     if cached is not None:

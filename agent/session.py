@@ -44,7 +44,9 @@ class Session:
                 "user": user,
                 "steps": [
                     {"tool": s.get("tool"), "args": s.get("args"), "observation": _short(s.get("observation") or "", 400),
-                     "files": list(s.get("files") or [])}
+                     "files": list(s.get("files") or []),
+                     # The typed result (what the answer was written from), so a reopened conversation can show it.
+                     **({"result": s["result"]} if s.get("result") else {})}
                     for s in steps
                     if s.get("tool")
                 ],

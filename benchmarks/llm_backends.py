@@ -85,11 +85,12 @@ def apply_variant(name: str) -> None:
     if name in ("final-thought", "all"):
         prompts.SYSTEM = prompts.SYSTEM.replace("Thought: I can answer now\nFinal Answer",
                                                 "Thought: the observation answers the request\nFinal Answer")
-        for ex in prompts.FEW_SHOT:
-            if ex["steps"]:
-                ex.setdefault("final_thought", "The observation answers the request.")
+        prompts.FINAL_THOUGHT = "The observation answers the request."
     if name in ("more-shots", "all"):
-        prompts.FEW_SHOT[1:1] = VARIANT_SHOTS
+        prompts.EXTRA_SHOTS[:0] = [{"request": ex["request"], "context": ex.get("context", ""), "thought": st[0],
+                                    "tool": st[1], "args": st[2], "observation": st[3], "final": ex["final"],
+                                    **({"final_thought": ex["final_thought"]} if "final_thought" in ex else {})}
+                                   for ex in VARIANT_SHOTS for st in ex["steps"][:1]]
 
 
 def _registry() -> Any:

@@ -295,7 +295,7 @@ def test_garbage_final_answer_is_composed_from_tool_output(deps, registry, rec):
     script = [step("generate_cohort", {"condition": "type 2 diabetes", "n": 200}), final("ok ok")]
     result, _ = turn(deps, script, "generate 200 type 2 diabetes patients", registry)
     assert result.composed
-    assert "tool output" in result.answer and "Generated 200" in result.answer and "data.csv" in result.answer
+    assert "tool output" not in result.answer and "Generated 200" in result.answer and "data.csv" in result.answer
 
 
 def test_unfaithful_numbers_in_the_answer_are_replaced(deps, registry, rec):
@@ -389,12 +389,27 @@ def test_langchain_adapter_returns_content_and_artifact(deps, registry, rec):
     assert not ok and "valid conditions" in content
 
 
-def test_prompt_contains_few_shot_examples_that_validate(registry):
+def test_prompt_contains_few_shot_examples_that_validate(rec):
+    """Each tool's few-shot conversation lives on its spec; one whose arguments its tool would refuse is not shown."""
     from synthehr.agent.prompts import few_shot_messages
 
-    msgs = few_shot_messages(registry)
-    text = "\n".join(m["content"] for m in msgs)
+    def shot(args: dict[str, Any]) -> dict[str, Any]:
+        return {"request": "r", "thought": "t", "args": args, "observation": "o", "final": "f"}
+
+    registry = Registry([
+        ToolSpec("generate_cohort", "Generate.", GenArgs, rec.gen, few_shot=shot({"condition": "copd", "n": 30})),
+        ToolSpec("cohort_stats", "Stats.", StatsArgs, rec.stats, few_shot=shot({"dataset": "last"})),
+        ToolSpec("explain_provenance", "Provenance.", ProvArgs, rec.prov, few_shot=shot({"question": ""})),
+    ])
+    text = "\n".join(m["content"] for m in few_shot_messages(registry))
     assert "Action: generate_cohort" in text and "Action: cohort_stats" in text and "Final Answer:" in text
+    assert "Action: explain_provenance" not in text  # question "" fails min_length=1
+    # The shipped tools each carry one, and all of them validate.
+    from synthehr.tools.registry import default_registry
+
+    shipped = "\n".join(m["content"] for m in few_shot_messages(default_registry()))
+    for name in ("generate_cohort", "cohort_stats", "explain_provenance"):
+        assert f"Action: {name}" in shipped
 
 
 def test_native_tool_calling_path_uses_the_same_grounding(deps, registry, rec, settings):

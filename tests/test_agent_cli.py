@@ -60,7 +60,9 @@ def test_ask_shows_steps_live(cli):
                final("Based on NHANES 2017-2018 [1] and ADA [2].")]
     r = cli(["ask", "which sources is this based on?", "--no-router"], replies)
     assert r.exit_code == 0, r.output
-    assert "They ask for sources" in r.stdout and "explain_provenance" in r.stdout and "NHANES" in r.stdout
+    # The progress line says what the agent does (the tool's description), not the model's raw thought.
+    assert "explain_provenance" in r.stdout and "NHANES" in r.stdout
+    assert "Which real-world sources and guidelines" in r.stdout
 
 
 def test_ask_declines_over_the_limit(cli):
@@ -91,3 +93,17 @@ def test_eval_agent_help_says_tools_are_stand_ins(cli):
     r = cli(["eval", "agent", "--help"], [])
     assert r.exit_code == 0
     assert "stand-ins" in r.stdout and "nothing is trained" in r.stdout
+
+
+def test_ask_prints_readable_text_with_relative_paths_and_one_files_line(cli, tmp_path):
+    """The fake tool's observation holds the absolute path; the terminal shows it relative to the workspace.
+    The model's answer names only "data.csv", so the full relative path follows in one "files:" line."""
+    replies = [step("generate_cohort", {"condition": "type 2 diabetes", "n": 2000}),
+               final("Generated 2000 patients, see data.csv.")]
+    r = cli(["ask", HEADLINE, "--no-router"], replies)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    ws = str(tmp_path / "ws")
+    assert ws not in out.replace("\n", "")
+    assert "datasets/ds-20261126-120000-000001/data.csv" in out
+    assert out.count("files:") == 1 and "file: " not in out and "tool output" not in out

@@ -75,6 +75,11 @@ def test_run_eval_reports_the_metrics_without_running_real_tools(settings):
     s = report["summary"]
     assert s["cases"] == 4 and s["tool_accuracy"] == 1.0 and s["argument_accuracy"] == 1.0
     assert s["decline_accuracy"] == 1.0 and s["answer_checks"] == 1.0 and s["median_latency_s"] is not None
+    # The model's "I can't help with that." after the tools ran is replaced by the written answer, which passes
+    # every answer check (n, file, definition, missing observations; a figure for the statistics).
+    assert s["answer_accuracy"] == 1.0 and s["answer_cases"] == 2
+    gen = next(c for c in report["cases"] if c["id"] == "gen")
+    assert {"traceable", "no_failure_claim", "no_repeats", "n", "file", "definition", "missing_observations"} <= set(gen["answer_checks"])
     assert rec.calls == []  # the real tool functions never ran
     assert not Path(settings.workspace.path, "datasets").exists() or not any(Path(settings.workspace.path, "datasets").iterdir())
 
@@ -87,3 +92,18 @@ def test_wrong_tool_counts_as_a_miss(settings):
     report = run_eval(cases, settings, FinalOnly(), real, router=None)
     assert report["summary"]["tool_accuracy"] == 0.0 and report["summary"]["argument_accuracy"] == 0.0
     assert report["cases"][0]["args_mismatch"] == ["generate_cohort: not called"]
+
+
+def test_score_answer_fails_the_bad_answers_of_issue_13():
+    from synthehr.agent.evaluation import score_answer
+    from tests.test_agent_answers import gen_step, prov_step
+
+    steps = [gen_step()]
+    dump = "Here is what the tools reported (tool output, quoted):\n- generate_cohort: Wrote 2000 ..."
+    checks = score_answer(dump, steps)
+    assert not checks["no_dump"] and not checks["file"] and not checks["definition"]
+    twice = "The dataset is not available in nhanes-2017-2018 (not generated). " * 2
+    checks = score_answer(twice, steps)
+    assert not checks["no_failure_claim"] and not checks["no_repeats"] and not checks["n"]
+    checks = score_answer("It is based on NHANES.", [prov_step()])
+    assert checks["citations"] is False

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthehr.tools.engines import stats as se
 from synthehr.tools.engines.population import representativeness
-from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.base import Figure, Missing, ToolInputError, ToolResult, ToolSpec
 from synthehr.tools.store.datasets import dataset_card, resolve_dataset
 from synthehr.tools.deps import Deps
 
@@ -45,28 +45,28 @@ class CohortStatsArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
-        "last",
+        "last", json_schema_extra={"role": "dataset"},
         description='Synthetic data set id (e.g. "ds-20261126-...") or "last" for the one generated most recently '
         "in this conversation. Real data sources cannot be summarised.",
     )
     columns: list[str] | None = Field(
-        None, description="Observations to summarise, e.g. [\"hba1c_pct\", \"bmi_kg_m2\"]. Default: the condition's key observations."
+        None, json_schema_extra={"role": "columns"}, description="Observations to summarise, e.g. [\"hba1c_pct\", \"bmi_kg_m2\"]. Default: the condition's key observations."
     )
     by: list[str] | None = Field(
-        None,
+        None, json_schema_extra={"role": "by"},
         description='Group the statistics by one or two columns, e.g. ["sex"] or ["sex", "age_band"] '
         "(age_band is 18-44 / 45-64 / 65+; also race_ethnicity or any categorical column).",
     )
     thresholds: list[str] | None = Field(
-        None,
+        None, json_schema_extra={"role": "thresholds"},
         description='Cut points to report the share of patients meeting, e.g. ["hba1c_pct>=9", "bp>=130/80"]. '
         "Default: the condition profile's guideline thresholds.",
     )
     correlation: list[str] | None = Field(
-        None, description='Two numeric observations to correlate (Pearson and Spearman), e.g. ["bmi_kg_m2", "hba1c_pct"].'
+        None, json_schema_extra={"role": "correlation"}, description='Two numeric observations to correlate (Pearson and Spearman), e.g. ["bmi_kg_m2", "hba1c_pct"].'
     )
     plot: list[str] | None = Field(
-        None,
+        None, json_schema_extra={"role": "plot"},
         description='PNG plots to draw: observation names (histogram or bar chart), "heatmap" (correlations), '
         '"grouped" (box/bar plot by the `by` groups) or "scatter" (the correlation pair).',
     )
@@ -453,7 +453,84 @@ def cohort_stats(deps: Deps, args: CohortStatsArgs) -> ToolResult:
     if files:
         names = ", ".join(Path(f).name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
         parts.append(f"{len(files)} plot(s) in {ds.plots_dir}: {names}.")
-    return ToolResult(text=" ".join(parts), data=data, files=files)
+    return ToolResult(text=" ".join(parts), data=data, files=files, **_typed(ds, columns, stats, shares, data, files,
+                                                                         bool(args.thresholds)))
+
+
+def _label(ds: LoadedDataset, column: str) -> str:
+    info = ds.columns.get(column)
+    label = info.label if info is not None and getattr(info, "label", None) else column.replace("_", " ")
+    # "Body mass index" -> "body mass index"; acronyms and "HbA1c" keep their capitals.
+    short = re.search(r"\(([A-Za-z0-9]{2,10})\)$", label)  # "Glycohemoglobin (HbA1c)" -> "HbA1c"
+    if short:
+        return short.group(1)
+    first = label.split(" ")[0]
+    return label[:1].lower() + label[1:] if first[1:].isalpha() and first[1:].islower() else label
+
+
+_OP_TEXT = {">=": "≥", "<=": "≤", ">": ">", "<": "<", "==": "=", "!=": "≠"}
+
+
+def _threshold_text(ds: LoadedDataset, t: dict[str, Any]) -> str:
+    """'HbA1c > 9%' / 'systolic blood pressure ≥ 130 mmHg and diastolic blood pressure ≥ 80 mmHg' (the
+    guideline's label added in parentheses where the profile gives one)."""
+    def one(col: str, value: Any) -> str:
+        info = ds.columns.get(col)
+        unit = (info.unit if info is not None and info.unit and info.unit != "ratio" else "") or ""
+        v = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+        return f"{_label(ds, col)} {_OP_TEXT.get(t['op'], t['op'])} {v}" + ("%" if unit == "%" else f" {unit}" if unit else "")
+    text = one(t["column"], t["value"])
+    if t.get("second_column"):
+        text += " and " + one(t["second_column"], t["second_value"])
+    label = re.sub(r"\s*\([^)]*\)", "", str(t.get("label") or "")).strip()
+    if label and not re.match(r"(?:above|below|over|under)\b", label):
+        text += f" ({label})"
+    return text
+
+
+def _typed(ds: LoadedDataset, columns: list[str], stats: dict[str, Any], shares: list[dict[str, Any]],
+           data: dict[str, Any], files: list[str], user_thresholds: bool) -> dict[str, Any]:
+    """The typed result fields the answer writer reads: each figure once, labelled in clinical words."""
+    n = int(data["n_rows"])
+    figures: list[Figure] = []
+    missing: list[Missing] = []
+    for c in columns[:TEXT_COLUMNS]:
+        s, info = stats[c], ds.columns[c]
+        label = _label(ds, c)
+        unit = info.unit if info.unit and info.unit != "ratio" else ""
+        if s["n"] == 0:
+            missing.append(Missing(item=label, reason="no patient in this data set has a value"))
+            continue
+        if s["kind"] == "numeric":
+            figures.append(Figure(label=f"mean {label}", value=_round(s["mean"]), unit=unit))
+            figures.append(Figure(label=f"SD of {label}", value=_round(s["sd"]), unit=unit))
+            figures.append(Figure(label=f"median {label}", value=_round(s["median"]), unit=unit))
+        elif s["kind"] == "binary" and s.get("proportion_1") is not None:
+            figures.append(Figure(label=f"{label}: yes", value=round(100 * s["proportion_1"], 1), unit="%"))
+        else:
+            top = sorted((s.get("proportions") or {}).items(), key=lambda kv: -(kv[1] or 0))[:4]
+            figures += [Figure(label=f"{label}: {k}", value=round(100 * (v or 0), 1), unit="%") for k, v in top]
+        if s.get("missing"):
+            figures.append(Figure(label=f"patients with no {label} value", value=int(s["missing"])))
+    for t in (shares if user_thresholds else shares[-TEXT_THRESHOLDS:]):
+        if t.get("share") is not None:
+            figures.append(Figure(label=f"patients with {_threshold_text(ds, t)}", value=round(100 * t["share"], 1),
+                                  unit="%"))
+    if data.get("correlation"):
+        cr = data["correlation"]
+        if cr.get("pearson") is not None:
+            figures.append(Figure(label=f"Pearson correlation of {_label(ds, cr['x'])} and {_label(ds, cr['y'])}",
+                                  value=round(cr["pearson"], 2)))
+    what = ", ".join(_label(ds, c) for c in columns[:TEXT_COLUMNS])
+    summary = f"Statistics of the {n:,} synthetic patients in {ds.id}" + (f" ({what})." if what else ".")
+    plots = [f for f in files if str(f).lower().endswith((".png", ".svg", ".jpg"))]
+    return {"summary": summary, "figures": figures, "missing": missing, "plots": plots}
+
+
+def _round(v: float | None) -> float:
+    if v is None:
+        return float("nan")
+    return round(float(v), 2 if abs(v) < 10 else 1)
 
 
 SPEC = ToolSpec(
@@ -472,5 +549,28 @@ SPEC = ToolSpec(
         "how many patients have HbA1c above 9%?",
         "plot the BMI distribution",
         "is BMI correlated with HbA1c in the synthetic patients?",
+    ),
+    router_examples=(
+        "what is their mean HbA1c?", "summarise the generated data", "how many of them have high blood pressure?",
+        "average age of the synthetic patients", "give me descriptive statistics of the last data set",
+        "compare BMI between men and women in the cohort", "what share of patients has HbA1c above 8%?",
+        "show the distribution of systolic blood pressure", "what fraction of the cohort takes insulin?",
+        "percentage of current smokers in the data", "how old are the patients on average?", "show me their mean values",
+        "their median systolic blood pressure", "mean age and BMI of the cohort",
+    ),
+    few_shot={
+        "request": "what is the average BMI of those patients?",
+        "context": "Last data set: ds-example-1 (condition=Hypertension, n=300). Refer to it as \"last\".",
+        "thought": "They ask a statistic of the last data set.",
+        "args": {"dataset": "last", "columns": ["bmi_kg_m2"]},
+        "observation": "Cohort ds-example-1: 300 rows. bmi_kg_m2 mean 31.2 kg/m2 (SD 6.8).",
+        "final": "The mean BMI of the 300 synthetic patients in ds-example-1 is 31.2 kg/m2 (SD 6.8).",
+    },
+    describe=lambda deps, args: (
+        f"Computing statistics of {'the last data set' if args.dataset == 'last' else args.dataset}"
+        + (f" ({', '.join(args.columns)})" if args.columns else "") + (" with plots" if args.plot else "") + "."),
+    router_cues=(
+        r'\b(?:mean|average|median|sd|standard deviation|distribution|share|proportion|percentage|how many|cor'
+        r'relat\w*|summar\w*|statistics?|describe|prevalence|fraction|histogram|plot)\b'
     ),
 )

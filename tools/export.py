@@ -32,7 +32,7 @@ SMOKING = {  # LOINC 72166-2 answers (SNOMED CT), US Core smoking status value s
 class ExportArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = Field("last", description="Data set id, or 'last' for the most recent one.")
+    dataset: str = Field("last", json_schema_extra={"role": "dataset"}, description="Data set id, or 'last' for the most recent one.")
     format: Literal["fhir-ndjson", "fhir-bundle"] = Field("fhir-ndjson", description="FHIR NDJSON or one transaction Bundle.")
 
 
@@ -105,7 +105,12 @@ def export_dataset(deps: Deps, args: ExportArgs) -> ToolResult:
         f"Exported data set {row['id']} as {args.format}: {len(frame)} synthetic Patient resources and {n_obs} "
         f"Observation resources (LOINC-coded) to {path}."
     )
-    return ToolResult(text=text, data={"dataset": row["id"], "path": str(path), "patients": len(frame), "observations": n_obs}, files=[str(path)])
+    from synthehr.tools.base import Figure
+
+    return ToolResult(text=text, data={"dataset": row["id"], "path": str(path), "patients": len(frame), "observations": n_obs},
+                      files=[str(path)], summary=f"I exported {row['id']} as HL7 FHIR R4 ({args.format}).",
+                      figures=[Figure(label="Patient resources", value=len(frame)),
+                               Figure(label="LOINC-coded Observation resources", value=n_obs)])
 
 
 SPEC = ToolSpec(
@@ -117,4 +122,10 @@ SPEC = ToolSpec(
     args_model=ExportArgs,
     func=export_dataset,
     examples=("export the last cohort as FHIR", "give me the data as a FHIR bundle"),
+    router_examples=("convert the synthetic patients to FHIR NDJSON", "export these records to FHIR R4"),
+    describe=lambda deps, args: (f"Exporting {'the last data set' if args.dataset == 'last' else args.dataset} "
+                                 f"as HL7 FHIR ({args.format})."),
+    router_cues=(
+        r'\b(?:export|fhir|ndjson|bundle)\b'
+    ),
 )

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from synthehr.tools.base import ToolInputError, ToolResult, ToolSpec
+from synthehr.tools.base import Figure, Missing, SourceRef, ToolInputError, ToolResult, ToolSpec
 from synthehr.tools.deps import Deps
 from synthehr.tools.store.schema import ColumnType, SourceSchema
 from synthehr.tools.store.workspace import atomic_write_text, new_id, now_iso
@@ -46,22 +46,26 @@ class FilterSpec(BaseModel):
 class GenerateCohortArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    condition: str = Field(description="The condition of the cohort in plain words, e.g. 'type 2 diabetes'.")
-    n: int | None = Field(default=None, gt=0, description="Number of synthetic patients (records) to generate.")
+    condition: str = Field(json_schema_extra={"role": "condition"}, description="The condition of the cohort in plain words, e.g. 'type 2 diabetes'.")
+    n: int | None = Field(json_schema_extra={"role": "n"}, default=None, gt=0, description="Number of synthetic patients (records) to generate.")
     observations: int | list[str] | None = Field(
+        json_schema_extra={"role": "n_obs"},
         default=None, description="How many of the condition's most important observations to include (e.g. 20), "
                                   "or a list of observation names (e.g. ['hba1c', 'bmi']).")
     population: str | None = Field(
-        default=None, description="Population whose make-up the cohort should match, e.g. 'US' (age, sex and "
-                                  "race/ethnicity follow public US figures for people with the condition); leave "
-                                  "out to mirror the source sample.")
+        default=None, json_schema_extra={"role": "population"},
+        description="Population whose make-up the cohort should match, e.g. 'US' (age, sex and "
+                    "race/ethnicity follow public US figures for people with the condition); leave "
+                    "out to mirror the source sample.")
     filters: list[str | FilterSpec] | None = Field(
+        json_schema_extra={"role": "filters"},
         default=None, description="Extra cohort filters, e.g. ['age_years>=65', 'hba1c_pct>=9'].")
     proportions: dict[str, float] | list[str] | None = Field(
+        json_schema_extra={"role": "proportions"},
         default=None, description="Target shares, e.g. {'sex=female': 0.4, 'age_years>=65': 0.6}.")
-    epsilon: float | None = Field(default=None, gt=0, description="Privacy budget epsilon if a new generator must be trained (default from config).")
-    seed: int | None = Field(default=None, description="Random seed (same seed, same records).")
-    source: str | None = Field(default=None, description="Registered data source to use (overrides population).")
+    epsilon: float | None = Field(json_schema_extra={"role": "epsilon"}, default=None, gt=0, description="Privacy budget epsilon if a new generator must be trained (default from config).")
+    seed: int | None = Field(json_schema_extra={"role": "seed"}, default=None, description="Random seed (same seed, same records).")
+    source: str | None = Field(json_schema_extra={"role": "source"}, default=None, description="Registered data source to use (overrides population).")
 
 
 # ---- condition, source, cohort ------------------------------------------------------------
@@ -226,6 +230,52 @@ def map_observations(profile: Any, schema: SourceSchema, observations: int | lis
 
 
 # ---- models -------------------------------------------------------------------------------
+def model_conditions(plan: dict[str, Any], schema: SourceSchema) -> list[str]:
+    """The columns a generator for this cohort is conditioned on."""
+    cols = schema.column_map()
+    conditions = [c for c in ([plan["cohort_column"]] if plan["cohort_column"] else [])]
+    # Binary columns of the cohort definition (e.g. diabetes_diagnosed) are conditioned on too: their
+    # joint DP histogram is cheap and keeps their share inside the cohort realistic (measured at
+    # epsilon 1: diagnosed share 0.86-0.88 vs 0.82 real, instead of 0.72-0.77).
+    conditions += [c for c in plan["rule_columns"] if c not in conditions and cols[c].type is ColumnType.binary]
+    if "sex" in cols and cols["sex"].type in (ColumnType.binary, ColumnType.categorical):
+        conditions.append("sex")
+    if not conditions:
+        conditions = [c for c in schema.condition_columns[:2]]
+    return conditions
+
+
+def has_model(deps: Deps, source: str, conditions: list[str], epsilon: float | None) -> bool:
+    """Whether find_model would find a candidate (the same checks, without loading any model)."""
+    chash = deps.catalog.content_hash(source)
+    rows = deps.workspace.query("SELECT * FROM models WHERE source = ?", (source,))
+    for row in rows:
+        if not set(conditions) <= set(json.loads(row["conditions_json"] or "[]")):
+            continue
+        if epsilon is not None and float(row["epsilon"]) > epsilon + 1e-12:
+            continue
+        if json.loads(row["manifest_json"] or "{}").get("extra", {}).get("source_content_hash") == chash:
+            return True
+    return False
+
+
+def describe(deps: Deps, args: GenerateCohortArgs) -> str:
+    """The thought before the call: what will be generated, from what, and whether a model must be trained first."""
+    profile = resolve_profile(args.condition)
+    source = pick_source(deps, profile, args.population, args.source)
+    schema = deps.catalog.get(source)
+    n = args.n or deps.settings.generation.default_rows
+    filters = [f if isinstance(f, str) else FilterSpec.model_validate(f).model_dump() for f in (args.filters or [])]
+    where = ", ".join(plain_filter(f, schema) if isinstance(f, str) else f"{f['column']} {f['op']} {f['value']}"
+                      for f in filters)
+    text = f"Generating {n:,} patients with {profile.name}" + (f" ({where})" if where else "") + \
+        f" from {short_source(schema.meta)}"
+    if has_model(deps, source, model_conditions(cohort_plan(profile, schema), schema), args.epsilon):
+        return text + "; reusing the trained generator."
+    eps = args.epsilon or deps.settings.privacy.target_epsilon
+    return text + f"; no trained model yet, so training one first with epsilon {eps:g} (about a minute)."
+
+
 def find_model(deps: Deps, source: str, conditions: list[str], epsilon: float | None) -> Any | None:
     """A saved model for this source (same content hash) whose conditions cover `conditions` and epsilon <= asked.
 
@@ -301,15 +351,7 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
 
         plan_cells(targets, schema, n, filters=filter_items, proportions=args.proportions)
     cols = schema.column_map()
-    conditions = [c for c in ([plan["cohort_column"]] if plan["cohort_column"] else [])]
-    # Binary columns of the cohort definition (e.g. diabetes_diagnosed) are conditioned on too: their
-    # joint DP histogram is cheap and keeps their share inside the cohort realistic (measured at
-    # epsilon 1: diagnosed share 0.86-0.88 vs 0.82 real, instead of 0.72-0.77).
-    conditions += [c for c in plan["rule_columns"] if c not in conditions and cols[c].type is ColumnType.binary]
-    if "sex" in cols and cols["sex"].type in (ColumnType.binary, ColumnType.categorical):
-        conditions.append("sex")
-    if not conditions:
-        conditions = [c for c in schema.condition_columns[:2]]
+    conditions = model_conditions(plan, schema)
     found = find_model(deps, source, conditions, args.epsilon)
     trained = False
     if found is None:
@@ -387,7 +429,86 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
             f"{model.accountant} accountant, model {model_id}{' (newly trained)' if trained else ' (reused)'}. "
             f"Key stats: {format_stats(stats)}.{miss_txt}{_population_sentence(pop_report)}")
     files = [info["files"][k] for k in ("csv", "parquet", "card_json", "card_md")]
-    return ToolResult(text=text, data=result, files=files)
+    return ToolResult(text=text, data=result, files=files, **_typed(n, profile, schema, source, filters, model, trained,
+                                                                     stats, chosen, missing, info["card"]))
+
+
+def document_title(doc_id: str) -> tuple[str, str]:
+    """(title, url) of a packaged knowledge document; the id itself when there is none."""
+    from synthehr.tools.store.profiles import document_paths, parse_document
+
+    for path in document_paths():
+        if Path(str(path)).stem == doc_id:
+            try:
+                meta, _ = parse_document(path)
+                return meta.title, meta.url
+            except Exception:  # noqa: BLE001 - a damaged document: the id still names it
+                break
+    return doc_id, ""
+
+
+_OP_WORDS = {">=": "{v} or more", ">": "over {v}", "<=": "{v} or less", "<": "under {v}", "!=": "not {v}"}
+
+
+def plain_filter(rule: str, schema: SourceSchema) -> str:
+    """'age_years>=65' -> 'aged 65 or over'; 'sex=female' -> 'women only'; 'insulin_now=1' -> 'taking insulin now'."""
+    m = re.match(r"^\s*(\w+)\s*(>=|<=|==|!=|=|>|<)\s*(.+?)\s*$", rule)
+    if not m:
+        return rule
+    col, op, value = m.group(1), m.group(2), m.group(3).strip("'\"")
+    info = schema.column_map().get(col)
+    label = (info.label if info is not None else col.replace("_", " ")).lower()
+    if col == "age_years":
+        return {">=": f"aged {value} or over", ">": f"older than {value}", "<=": f"aged {value} or under",
+                "<": f"younger than {value}"}.get(op, f"age {op} {value}")
+    if col == "sex" and op in ("=", "=="):
+        return {"female": "women only", "male": "men only"}.get(value, f"sex {value}")
+    if op in ("=", "==") and value.lower() in ("1", "true", "yes"):
+        return label
+    if op in ("=", "==") and value.lower() in ("0", "false", "no"):
+        return f"not: {label}"
+    if op in ("=", "=="):
+        return f"{label}: {value}"
+    return f"{label} " + _OP_WORDS[op].format(v=value)
+
+
+def short_source(meta: Any) -> str:
+    """'NHANES 2017-2018': the acronym its knowledge document's title gives in parentheses, plus the years;
+    the full title where there is none."""
+    if getattr(meta, "doc_id", None):
+        title, _ = document_title(meta.doc_id)
+        m = re.search(r"\(([A-Z][A-Za-z0-9&-]{1,12})\)", title)
+        if m:
+            return f"{m.group(1)} {meta.years}".strip()
+    return meta.title
+
+
+_STAT_FIGURES = {"mean_age_years": ("mean age", "years"), "pct_female": ("women", "%"),
+                 "mean_hba1c_pct": ("mean HbA1c", "%"), "mean_bmi_kg_m2": ("mean BMI", "kg/m2"),
+                 "mean_sbp_mmhg": ("mean systolic blood pressure", "mmHg")}
+
+
+def _typed(n: int, profile: Any, schema: SourceSchema, source: str, filters: list, model: Any, trained: bool,
+           stats: dict[str, float], chosen: list[dict], missing: list[dict], card: dict[str, Any]) -> dict[str, Any]:
+    """The typed result fields the answer writer reads (plain clinical language, no tool jargon)."""
+    title = short_source(schema.meta)
+    where = f" ({', '.join(plain_filter(f.text(), schema) for f in filters)})" if filters else ""
+    summary = (f"I generated {n:,} synthetic patients with {profile.name}{where} from {title}, "
+               f"with {len(chosen)} observations besides age, sex and race/ethnicity.")
+    g_title, g_url = document_title(profile.guideline)
+    definition = " ".join(profile.cohort.description.split())
+    statements = [f"Cohort definition ({g_title}): {definition}"]
+    figures = [Figure(label=_STAT_FIGURES[k][0], value=v, unit=_STAT_FIGURES[k][1]) for k, v in stats.items()
+               if k in _STAT_FIGURES]
+    gone = [Missing(item=m["label"], reason=f"{title} does not measure it") for m in missing if m["name"] != "(more)"]
+    gone += [Missing(item=m["label"], reason="the source has no further observations of this condition")
+             for m in missing if m["name"] == "(more)"]
+    privacy = (f"The generator was {'trained for this request' if trained else 'trained earlier'} with differential "
+               f"privacy (epsilon {model.epsilon:.2g}, delta {model.delta:.1g}), so no real patient can be singled "
+               f"out from these records.")
+    sources = [SourceRef(title=schema.meta.title, url=schema.meta.url or ""), SourceRef(title=g_title, url=g_url)]
+    return {"summary": summary, "statements": statements, "figures": figures, "missing": gone, "privacy": privacy,
+            "sources": sources}
 
 
 def key_stats(frame: pd.DataFrame) -> dict[str, float]:
@@ -656,4 +777,34 @@ SPEC = ToolSpec(
     func=generate_cohort,
     examples=("generate 2000 Type 2 diabetes patients EHR data with 20 important diabetes observations based on the US population",
               "make 500 synthetic diabetics aged 65 or over, 40% women"),
+    router_examples=(
+        "generate 500 patients with type 2 diabetes", "create a synthetic cohort of heart failure patients",
+        "simulate EHR data for COPD patients in the US", "I need synthetic records of people with chronic kidney disease",
+        "make a fake dataset of hypertensive adults with 10 observations", "produce synthetic diabetic patients aged over 50",
+        "make them older", "only women", "same cohort but only men", "now do it again with 300 patients",
+        "generate synthetic EHR data based on the US population",
+        "build me a synthetic data set with the most important observations", "generate 400 patients with epsilon 0.5",
+        "create a heart failure cohort with a privacy budget of epsilon 2", "synthesize records for people with kidney disease",
+        "generate diabetics on insulin", "create 300 hypertensive smokers",
+    ),
+    few_shot={
+        "request": "create 300 synthetic hypertension patients with 8 key observations from the US population",
+        "thought": "The user wants a synthetic cohort: generate it.",
+        "args": {"condition": "hypertension", "n": 300, "observations": 8, "population": "US"},
+        "observation": "Wrote 300 synthetic Hypertension records to datasets/ds-example-1/data.csv. Dataset id "
+                       "ds-example-1. Source: NHANES 2017-2018. Privacy: epsilon 1.0. Key stats: mean SBP 139 mmHg.",
+        "final": "I generated 300 synthetic hypertension patients (datasets/ds-example-1/data.csv, epsilon 1.0); "
+                 "mean systolic BP 139 mmHg. Source: NHANES 2017-2018.",
+    },
+    describe=describe,
+    router_cues=(
+        r'\b(?:generate|create|simulate|synthesi[sz]e|produce|build|make|give me|need|want)\b.{0,60}\b(?:patie'
+        r'nts?|records?|cohort|people|data ?set|ehr|adults|women|men|diabetics)\b|\b(?:older|younger|only (?:w'
+        r'omen|men|females|males)|restrict|limit it|narrow)\b'
+    ),
+    router_requires=(
+        r'\b(?:generate|create|simulate|synthesi[sz]e|produce|build|make|give|need|want|get|sample|fake|synthe'
+        r'tic|cohort|again|same|instead|only|older|younger|restrict|limit|women|men|females?|males?|aged?|over'
+        r'|under)\b|\d'
+    ),
 )

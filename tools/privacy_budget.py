@@ -22,7 +22,7 @@ class PrivacyBudgetArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str | None = Field(
-        None, description="Data source name, e.g. nhanes-2017-2018. Leave empty for every registered source."
+        None, json_schema_extra={"role": "source"}, description="Data source name, e.g. nhanes-2017-2018. Leave empty for every registered source."
     )
 
 
@@ -80,7 +80,15 @@ def privacy_budget(deps: Deps, args: PrivacyBudgetArgs) -> ToolResult:
             f"(left {r['left_epsilon']:.3g}), delta {r['spent_delta']:.2g} of {r['budget_delta']:.2g}, "
             f"in {len(r['charges'])} charge(s).{failed}"
         )
-    return ToolResult(text=" ".join(lines), data={"sources": rows})
+    from synthehr.tools.base import Figure
+
+    figures = []
+    for r in rows:
+        figures += [Figure(label=f"epsilon spent on {r['source']}", value=round(r["spent_epsilon"], 3)),
+                    Figure(label=f"epsilon left for {r['source']}", value=round(r["left_epsilon"], 3)),
+                    Figure(label=f"epsilon budget of {r['source']}", value=r["budget_epsilon"])]
+    summary = "The privacy budget of " + ", ".join(r["source"] for r in rows) + ":" if rows else "No data source is registered."
+    return ToolResult(text=" ".join(lines), data={"sources": rows}, summary=summary, figures=figures)
 
 
 SPEC = ToolSpec(
@@ -92,4 +100,10 @@ SPEC = ToolSpec(
     args_model=PrivacyBudgetArgs,
     func=privacy_budget,
     examples=("how much privacy budget is left?", "what epsilon has NHANES spent so far?"),
+    router_examples=("how much epsilon is left for NHANES?", "show the privacy ledger",
+                     "how much privacy budget have we spent?"),
+    describe=lambda deps, args: f"Reading the privacy ledger{' of ' + args.source if args.source else ''}.",
+    router_cues=(
+        r'\b(?:budget|ledger|spent|left)\b.{0,40}\b(?:privacy|epsilon|budget)\b|\bprivacy budget\b'
+    ),
 )

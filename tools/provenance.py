@@ -49,14 +49,14 @@ class ExplainProvenanceArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(
-        ...,
+        ..., json_schema_extra={"role": "question"},
         min_length=1,
         max_length=2000,
         description="The provenance question in plain words, e.g. 'which sources was the last cohort based on?' "
         "or 'why is HbA1c 6.5 the diabetes cut-off?'",
     )
     dataset: str | None = Field(
-        None,
+        None, json_schema_extra={"role": "dataset"},
         description="A generated data set to explain: its id, or 'last' for the one just made. Leave empty for "
         "general questions about sources, guidelines and methods.",
     )
@@ -322,7 +322,17 @@ def explain_provenance(deps: "Deps", args: ExplainProvenanceArgs) -> ToolResult:
         "citations": citations,
         "lineage": lineage,
     }
-    return ToolResult(text=text, data=data)
+    from synthehr.tools.base import SourceRef
+
+    sources = [SourceRef(title=p["title"], url=p["url"], section=p["section"], n=p["n"], quotes=list(p["sentences"]))
+               for p in passages]
+    if passages:
+        summary = "From the knowledge base:"
+    else:
+        summary = "The knowledge base has no passage that answers this question, so I cannot answer it from cited sources."
+    statements = ["No data set has been generated yet in this conversation, so there is no lineage to explain."] \
+        if asked and row is None else []
+    return ToolResult(text=text, data=data, summary=summary, statements=statements, sources=sources)
 
 
 SPEC = ToolSpec(
@@ -339,5 +349,32 @@ SPEC = ToolSpec(
         "which sources was the last cohort based on?",
         "why is HbA1c 6.5 % the cut-off for diabetes?",
         "what does epsilon 1 mean?",
+    ),
+    router_examples=(
+        "where did this data come from?", "which real-world data sources and guidelines was this based on?",
+        "what guideline defines the cohort?", "how was this data set made and with what privacy guarantee?",
+        "explain the lineage of the last data set", "what does differential privacy mean here?",
+        "cite the sources of these records", "what is DP-SGD?", "which guideline defines heart failure?",
+        "tell me about a data source: publisher, years and licence",
+        "what is the definition of chronic kidney disease used here?", "who publishes the survey data?",
+        "how does the guideline stage the disease?", "what does delta mean?",
+    ),
+    few_shot={
+        "request": "which data sources and guidelines is this cohort based on?",
+        "context": "Last data set: ds-example-1 (condition=Hypertension, n=300). Refer to it as \"last\".",
+        "thought": "They ask for provenance of the last data set.",
+        "args": {"question": "which data sources and guidelines is this cohort based on?", "dataset": "last"},
+        "observation": "[1] Lineage of ds-example-1: sampled from a DP-GAN trained on NHANES 2017-2018 (epsilon 1.0). "
+                       "[2] ACC/AHA 2017 blood pressure guideline: defines hypertension as 130/80 mmHg or higher.",
+        "final": "It is based on NHANES 2017-2018 [1], through a DP-GAN trained with epsilon 1.0, and the cohort "
+                 "follows the ACC/AHA 2017 blood pressure guideline [2].",
+    },
+    describe=lambda deps, args: ("Searching the knowledge base (data sources, guidelines, privacy methods"
+                                 + (", and this data set's lineage" if args.dataset else "") + ") for: "
+                                 + (args.question if len(args.question) <= 120 else args.question[:119] + "…")),
+    router_cues=(
+        r'\b(?:sources?|guidelines?|come from|came from|based on|lineage|provenance|cite|citations?|licen[cs]e'
+        r'|publisher|why is|what does .{0,30} mean|dp-sgd|differential privacy|how was|explain|defin\w*|classi'
+        r'f\w*|criteria)\b'
     ),
 )

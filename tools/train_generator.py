@@ -31,13 +31,13 @@ from synthehr.tools.store.workspace import BudgetExceeded, new_id, now_iso
 class TrainGeneratorArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(description="Registered data source to learn from, e.g. 'nhanes-2017-2018'.")
-    epsilon: float = Field(gt=0, description="Privacy budget epsilon to spend (smaller = more private, less accurate); 1 is a common choice.")
-    delta: float | None = Field(default=None, gt=0, lt=1, description="Privacy delta; leave empty for min(config, 1/n^1.1).")
+    source: str = Field(json_schema_extra={"role": "source"}, description="Registered data source to learn from, e.g. 'nhanes-2017-2018'.")
+    epsilon: float = Field(json_schema_extra={"role": "epsilon"}, gt=0, description="Privacy budget epsilon to spend (smaller = more private, less accurate); 1 is a common choice.")
+    delta: float | None = Field(json_schema_extra={"role": "delta"}, default=None, gt=0, lt=1, description="Privacy delta; leave empty for min(config, 1/n^1.1).")
     conditions: list[str] | None = Field(default=None, description="Binary/categorical columns the generator is conditioned on; default the source's cohort column and sex.")
     epochs: int | None = Field(default=None, gt=0, le=1000, description="Training epochs; leave empty for the configured default.")
     accountant: str | None = Field(default=None, description="Privacy accountant: 'prv' (default) or 'rdp'.")
-    seed: int | None = Field(default=None, description="Random seed; the same seed gives the same model.")
+    seed: int | None = Field(json_schema_extra={"role": "seed"}, default=None, description="Random seed; the same seed gives the same model.")
 
 
 def default_conditions(schema: SourceSchema, cohort_column: str | None = None) -> list[str]:
@@ -218,7 +218,14 @@ def train_generator(deps: Deps, args: TrainGeneratorArgs) -> ToolResult:
     text = (f"Trained model {s['model_id']} on {s['rows_trained']} records of {s['source']} "
             f"(conditioned on {', '.join(s['conditions']) or 'nothing'}): epsilon spent {s['epsilon']:.3g} of target "
             f"{s['target_epsilon']:g}, delta {s['delta']:.2g}, accountant {s['accountant']}, {s['seconds']:.0f} s.")
-    return ToolResult(text=text, data=s, files=[s["path"]])
+    from synthehr.tools.base import Figure
+
+    return ToolResult(
+        text=text, data=s, files=[s["path"]],
+        summary=f"I trained a differentially private generator ({s['model_id']}) on {s['rows_trained']:,} records of {s['source']}.",
+        figures=[Figure(label="epsilon spent", value=round(s["epsilon"], 3)), Figure(label="target epsilon", value=s["target_epsilon"])],
+        privacy=(f"Training spent epsilon {s['epsilon']:.3g} (delta {s['delta']:.1g}) of {s['source']}'s privacy budget; "
+                 "the generator never stores real records."))
 
 
 SPEC = ToolSpec(
@@ -230,4 +237,8 @@ SPEC = ToolSpec(
     func=train_generator,
     examples=("train a generator on nhanes-2017-2018 with epsilon 1",
               "train a DP model on NHANES with epsilon 3 using the rdp accountant"),
+    router_examples=("train a generator on NHANES", "fit a new DP-GAN model with epsilon 2",
+                     "train a differentially private model for diabetes without sampling yet"),
+    describe=lambda deps, args: (f"Training a differentially private generator on {args.source} with epsilon "
+                                 f"{args.epsilon:g} (about a minute; this spends privacy budget)."),
 )

@@ -51,19 +51,28 @@ def _short(value: Any, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def event_printer(console: Any) -> Any:
-    """An on_event callback that shows each step live."""
+def relative_text(text: str, root: Any) -> str:
+    """`text` with the workspace's absolute path removed (paths are shown relative to the workspace)."""
+    if root is None:
+        return text
+    prefix = str(root).rstrip("/") + "/"
+    return text.replace(prefix, "")
+
+
+def event_printer(console: Any, root: Any = None) -> Any:
+    """An on_event callback that shows each step live: what the agent is doing, the tool call, its short
+    result (paths relative to the workspace). The answer itself is printed once, at the end."""
     from rich.markup import escape
 
     def on_event(ev: Any) -> None:
         if ev.kind == "thought" and ev.text:
-            console.print(f"[dim italic]thought:[/] [dim]{escape(_short(ev.text))}[/]")
+            console.print(f"[dim italic]{escape(_short(ev.text))}[/]")
         elif ev.kind == "action":
             console.print(f"[bold cyan]→ {escape(ev.tool or '')}[/] {escape(_short(ev.args or {}, 300))}")
         elif ev.kind == "observation":
-            console.print(f"[green]  ← {escape(_short(ev.text, 400))}[/]")
+            console.print(f"[green]  ← {escape(_short(relative_text(ev.text, root), 400))}[/]")
         elif ev.kind == "error":
-            console.print(f"[yellow]  ! {escape(_short(ev.text, 300))}[/]")
+            console.print(f"[yellow]  ! {escape(_short(relative_text(ev.text, root), 300))}[/]")
 
     return on_event
 
@@ -90,17 +99,25 @@ def _turn_json(result: Any) -> dict[str, Any]:
         "session": result.session,
         "parse_failures": result.parse_failures,
         "composed": result.composed,
+        "answer_problems": list(getattr(result, "answer_problems", []) or []),
     }
 
 
-def _print_answer(console: Any, result: Any) -> None:
-    from rich.markdown import Markdown
+def _print_answer(console: Any, result: Any, root: Any = None) -> None:
+    """The answer as readable text in a panel; files it does not already name follow once, relative to the
+    workspace (the answer writer names them, so usually nothing follows)."""
     from rich.panel import Panel
+    from rich.text import Text
 
-    title = "declined" if result.declined else ("answer (composed from tool output)" if result.composed else "answer")
-    console.print(Panel(Markdown(result.answer), title=title, border_style="red" if result.declined else "blue"))
-    for f in result.files:
-        console.print(f"[dim]file:[/] {f}")
+    from synthehr.agent.answer import relative_path
+
+    title = "declined" if result.declined else "answer"
+    answer = relative_text(result.answer, root)
+    console.print(Panel(Text(answer), title=title, border_style="red" if result.declined else "blue"))
+    rel = list(dict.fromkeys(relative_path(f, root) for f in result.files))
+    left = [f for f in rel if f not in answer]
+    if left:
+        console.print("[dim]files:[/] " + ", ".join(left))
 
 
 def register(app: typer.Typer) -> None:
@@ -124,12 +141,13 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=as_json)
         d = build_cli_deps(session=session, progress=RichProgress(console))
         llm = _backend(d, console)
-        result = run_turn(d, llm, text, on_event=None if as_json else event_printer(console),
+        root = d.workspace.root
+        result = run_turn(d, llm, text, on_event=None if as_json else event_printer(console, root),
                           router=_router_opt(no_router))
         if as_json:
             print_json(_turn_json(result))
         else:
-            _print_answer(console, result)
+            _print_answer(console, result, root)
 
     @app.command("chat")
     def chat(
@@ -175,12 +193,12 @@ def register(app: typer.Typer) -> None:
                 continue
             if not interactive and not as_json:
                 console.print(f"[bold green]you>[/] {line}")
-            result = run_turn(d, llm, line, on_event=None if as_json else event_printer(console),
+            result = run_turn(d, llm, line, on_event=None if as_json else event_printer(console, d.workspace.root),
                               router=_router_opt(no_router))
             if as_json:
                 typer.echo(json.dumps({"request": line, **_turn_json(result)}, default=str))
             else:
-                _print_answer(console, result)
+                _print_answer(console, result, d.workspace.root)
 
     eval_app = _eval_group(app)
 
@@ -197,7 +215,7 @@ def register(app: typer.Typer) -> None:
         grammar_param: Optional[str] = typer.Option(None, "--grammar-param", help="Override llm.grammar_param (grammar, structured_outputs.grammar, guided_grammar, auto)."),
         tool_calling: Optional[bool] = typer.Option(None, "--tool-calling/--no-tool-calling", help="Override llm.tool_calling (native tool calls)."),
     ) -> None:
-        """Measure the configured LLM's planning: tool accuracy, argument accuracy, parse failures, latency.
+        """Measure the configured LLM's planning and answers: tool, argument and answer accuracy, parse failures, latency.
 
         Each case runs through the real agent loop with the configured backend, but the tools are recording stand-ins with the real names, descriptions and argument models: nothing is trained, sampled or written (a temporary workspace is used). The evaluation measures the LLM's planning, not the tools.
         """
@@ -253,19 +271,22 @@ def _eval_group(app: typer.Typer) -> typer.Typer:
 def _print_report(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table("case", "expected", "called", "tool", "args", "parse", "s", title="Agent evaluation")
+    table = Table("case", "expected", "called", "tool", "args", "answer", "parse", "s", title="Agent evaluation")
     for c in report["cases"]:
         table.add_row(
             c["id"], ", ".join(c["expected_tools"]) or "(none)", ", ".join(c["called_tools"]) or "(none)",
             "✓" if c["tool_ok"] else "✗",
             "" if c["args_ok"] is None else ("✓" if c["args_ok"] else "✗ " + "; ".join(c["args_mismatch"])[:60]),
+            "" if c.get("answer_score_ok") is None else ("✓" if c["answer_score_ok"] else
+                                                        "✗ " + ", ".join(k for k, v in c["answer_checks"].items() if not v)),
             str(c["parse_failures"] or ""), f"{c['latency_s']:.1f}",
         )
     console.print(table)
     s = report["summary"]
     b = report["backend"]
     summary = Table("metric", "value", title=f"Summary — {b['name']} ({b['model_id']})")
-    for key in ("cases", "tool_accuracy", "argument_accuracy", "decline_accuracy", "answer_checks", "parse_failures",
+    for key in ("cases", "tool_accuracy", "argument_accuracy", "answer_accuracy", "decline_accuracy", "answer_checks",
+                "parse_failures",
                 "cases_with_parse_failures", "errors", "median_latency_s"):
         v = s.get(key)
         summary.add_row(key, "-" if v is None else (f"{v:.1%}" if isinstance(v, float) and key.endswith(("accuracy", "checks")) else str(v)))
