@@ -245,33 +245,25 @@ def test_agent_tool_maps_errors_the_same_way(deps) -> None:  # noqa: ANN001
         invoke_tool(to_langchain_tool(ToolSpec(name="t", description="d", args_model=A, func=bug), deps), {}, "c2")
 
 
-def test_web_turn_uses_the_same_mapping(tmp_path: Path) -> None:
-    from synthehr.agent.web import app as web
+def test_web_turn_uses_the_same_mapping(settings) -> None:  # noqa: ANN001
+    """A damaged workspace met during a web turn is one readable error event, never a traceback."""
+    import asyncio
 
-    class State:
-        workspace = Workspace(tmp_path / "ws")
-        registry = None
-        _llm = object()
+    from synthehr.agent.web.app import WebState, _turn_stream
 
-        def __init__(self) -> None:
-            import threading
+    def damaged_turn(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise WorkspaceError("model m is damaged: x; remove it with `synthehr doctor --remove m`")
 
-            self.turn_lock = threading.Lock()
+    state = WebState(settings, llm=object(), run_turn=damaged_turn)
 
-        def deps(self, session, progress):  # noqa: ANN001, ANN202
-            return None
+    async def consume() -> list:
+        ctl = state.new_turn("default")
+        return [json.loads(line) async for line in _turn_stream(state, ctl, "hi")]
 
-        def llm(self):  # noqa: ANN202
-            return None
-
-        def run_turn_fn(self):  # noqa: ANN202
-            def f(*a, **k):  # noqa: ANN002, ANN003, ANN202
-                raise WorkspaceError("model m is damaged: x; remove it with `synthehr doctor --remove m`")
-            return f
-
-    lines = [json.loads(b) for b in web._turn_stream(State(), "default", "hi")]
+    lines = asyncio.run(consume())
     errors = [ev for ev in lines if ev.get("type") == "error"]
     assert errors and "doctor --remove m" in errors[0]["text"]
+    assert "Traceback" not in json.dumps(lines)
 
 
 # ---- 2. conditions resolve exactly or not at all ---------------------------------------------------
