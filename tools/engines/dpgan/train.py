@@ -21,6 +21,8 @@ by at most max_grad_norm.
 
 from __future__ import annotations
 
+import os
+
 import math
 import time
 import warnings
@@ -87,7 +89,9 @@ def train_dpgan(
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    rng = np.random.default_rng(seed)
+    # Privacy noise never comes from the user's seed (which is published in the manifest and card): the
+    # DP tables' noise is drawn from a generator seeded from the operating system's entropy, never stored.
+    rng = np.random.default_rng(_os_entropy(16))
     # Per-column tables are only released when the generator is fitted to them (marginal_weight > 0);
     # otherwise the whole preprocessing share buys the joint condition histogram alone.
     with_tables = settings.marginal_weight > 0 and bool(enc.blocks) and eps_pre > 0
@@ -237,7 +241,9 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
         opt_g = torch.optim.Adam(gen_nn.parameters(), lr=settings.generator_lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), lr=settings.discriminator_lr,
                                  betas=(settings.discriminator_beta1, 0.999))
-        data_gen = torch.Generator().manual_seed(seed + 1)
+        # Poisson sampling and DP-SGD noise: torch generators seeded from os.urandom (torchcsprng, which Opacus'
+        # secure_mode needs, does not install on torch 2.x); the seed only sets weights and synthetic draws.
+        data_gen = torch.Generator().manual_seed(_os_entropy(8) >> 1)
         loader = DataLoader(TensorDataset(torch.from_numpy(x_np), torch.from_numpy(c_np)), batch_size=batch_size,
                             shuffle=False, generator=data_gen)
         engine = PrivacyEngine(accountant=accountant)
@@ -246,7 +252,7 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
             disc, opt_d, dp_loader = engine.make_private_with_epsilon(
                 module=disc, optimizer=opt_d, data_loader=loader, target_epsilon=eps_sgd_target, target_delta=delta,
                 epochs=epochs, max_grad_norm=settings.max_grad_norm, poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(seed + 2),
+                noise_generator=torch.Generator().manual_seed(_os_entropy(8) >> 1),
             )
         sigma = float(opt_d.noise_multiplier)
         sample_rate = 1.0 / len(loader)
@@ -376,3 +382,8 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
     gen_nn.eval()
     return {"generator": gen_nn, "spent": spent, "sigma": sigma, "sample_rate": sample_rate, "steps": steps,
             "history": history, "seconds": time.perf_counter() - t0}
+
+
+def _os_entropy(n_bytes: int) -> int:
+    """An integer from `n_bytes` of the operating system's secure entropy (never derived from the user's seed)."""
+    return int.from_bytes(os.urandom(n_bytes), "big")
