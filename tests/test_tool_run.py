@@ -114,3 +114,13 @@ def test_an_entry_point_tool_has_its_command(home, capsys, tmp_path, monkeypatch
     assert out.strip() == "BMI 25.0 kg/m2"
     code, _, err = run_cli(capsys, "bmi_calculator", "--weight-kg", "81")
     assert code == 2 and "required: --height-cm" in err
+
+
+def test_a_tool_writing_files_lists_them(home, capsys, with_new_tool, workspace_dir):
+    code, out, err = run_cli(capsys, "hba1c_units", "--percent", "7.5", "--chart", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["args"] == {"percent": 7.5, "chart": True}
+    assert [f.rsplit("/", 1)[-1] for f in data["files"]] == ["hba1c-7.5.csv", "hba1c-7.5.svg"]
+    assert data["plots"] == [data["files"][1]]
+    assert (workspace_dir / "datasets" / "hba1c-units" / "hba1c-7.5.csv").read_text().endswith("7.5,58\n")
