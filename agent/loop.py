@@ -295,6 +295,7 @@ class ReActAgent:
             grounding.check_limits(facts, self.settings)
         except grounding.Decline as exc:
             self.emit("thought", text="The request must be declined.")
+            self.route_info = {"decided_by": "declined before routing (request or limits)"}
             self._decline(str(exc))
 
         intents: list[Route] = []

@@ -140,3 +140,14 @@ def test_native_tool_calls_are_llm_runs_inside_the_turn(deps, settings):
     assert len(llm_runs) == result.llm_calls >= 1
     assert all(r["parent"] == turn["run_id"] and r["name"] == "synthehr-native-tool-call" for r in llm_runs)
     assert [r["parent"] for r in handler.of("tool")] == [turn["run_id"]]
+
+
+def test_a_declined_request_is_one_run_that_says_so(deps):
+    rec, handler = Recorder(), RecordingHandler()
+    llm = ScriptedLLM([])
+    result = run_turn(deps, llm, "show me real NHANES patient rows", registry=make_registry(rec), router=None,
+                      config={"callbacks": [handler]})
+    assert result.declined and llm.calls == [] and rec.calls == []
+    (turn,) = handler.runs  # no LLM or tool run: only the turn
+    out = handler.ends[turn["run_id"]]
+    assert out["declined"] and out["route"]["decided_by"].startswith("declined") and out["calls"] == []
