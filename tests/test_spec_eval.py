@@ -65,3 +65,23 @@ def test_eval_agent_offers_spec_cases(capsys, monkeypatch, workspace_dir):
     except SystemExit as exc:
         assert not exc.code
     assert "--spec-cases" in capsys.readouterr().out
+
+
+def test_eval_agent_runs_a_new_tools_spec_case_without_a_cases_file_edit(capsys, monkeypatch, workspace_dir):
+    import json
+
+    from synthehr.agent import plugins
+    from synthehr.agent.cli import ask
+    from synthehr.agent.cli.main import main
+
+    monkeypatch.setenv("SYNTHEHR_HOME", str(workspace_dir))
+    registry = registry_with_new_tool()
+    monkeypatch.setattr(plugins, "registry_with_plugins", lambda *a, **k: (registry, []))
+    llm = ScriptedLLM(['Thought: convert.\nAction: hba1c_units\nAction Input: {"percent": 9}',
+                       "Thought: done.\nFinal Answer: 75 mmol/mol."], name="embedded")
+    monkeypatch.setattr(ask, "_backend", lambda d, console: llm)
+    main(["eval", "agent", "--spec-cases", "--only", "spec-hba1c_units-few-shot", "--no-router", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    (case,) = report["cases"]
+    assert case["id"] == "spec-hba1c_units-few-shot" and case["tool_ok"] and case["args_ok"]
+    assert llm.exhausted

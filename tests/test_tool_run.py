@@ -124,3 +124,28 @@ def test_a_tool_writing_files_lists_them(home, capsys, with_new_tool, workspace_
     assert [f.rsplit("/", 1)[-1] for f in data["files"]] == ["hba1c-7.5.csv", "hba1c-7.5.svg"]
     assert data["plots"] == [data["files"][1]]
     assert (workspace_dir / "datasets" / "hba1c-units" / "hba1c-7.5.csv").read_text().endswith("7.5,58\n")
+
+
+@pytest.mark.parametrize("spec", list(default_registry()) + [_new_tool.SPEC], ids=lambda s: s.name)
+def test_every_tool_has_a_command_with_an_option_per_argument(spec):
+    parser = tool_run.build_parser(spec)
+    text = parser.format_help()
+    for field, info in spec.args_model.model_fields.items():
+        assert tool_run.option_name(field) in text
+        if info.description:
+            assert " ".join(info.description.split())[:20] in " ".join(text.split())
+    required = [f for f, i in spec.args_model.model_fields.items() if i.is_required()]
+    from synthehr.errors import ToolInputError
+
+    if required:
+        with pytest.raises(ToolInputError, match="required"):
+            parser.parse_args([])
+    # the few-shot arguments, written as options, parse back to the same validated arguments
+    few = (spec.few_shot or {}).get("args")
+    if few:
+        argv: list[str] = []
+        for k, v in few.items():
+            values = v if isinstance(v, list) else [v]
+            argv += [tool_run.option_name(k), *[x if isinstance(x, str) else json.dumps(x) for x in values]]
+        args, _, _ = tool_run.parse_tool_args(spec, argv)
+        assert spec.args_model.model_validate(args) == spec.args_model.model_validate(few)
