@@ -151,3 +151,20 @@ def test_a_declined_request_is_one_run_that_says_so(deps):
     (turn,) = handler.runs  # no LLM or tool run: only the turn
     out = handler.ends[turn["run_id"]]
     assert out["declined"] and out["route"]["decided_by"].startswith("declined") and out["calls"] == []
+
+
+def test_a_turn_inside_a_langchain_runnable_nests_under_it(deps):
+    """Called from a LangChain app (a RunnableLambda given its config), the turn is a child of the app's run."""
+    from langchain_core.runnables import RunnableLambda
+
+    rec, handler = Recorder(), RecordingHandler()
+    llm = ScriptedLLM([step("generate_cohort", {"condition": "copd", "n": 50}), final("Generated 50 patients.")])
+
+    def app(text: str, config: Any) -> str:
+        return run_turn(deps, llm, text, registry=make_registry(rec), router=None, config=config).answer
+
+    RunnableLambda(app).invoke("generate 50 copd patients", config={"callbacks": [handler], "tags": ["outer"]})
+    (outer,) = [r for r in handler.runs if r["parent"] is None]
+    (turn,) = [r for r in handler.of("chain") if r["name"] == "synthehr_turn"]
+    assert turn["parent"] == outer["run_id"] and "outer" in turn["tags"]
+    assert {r["parent"] for r in handler.of("llm") + handler.of("tool")} == {turn["run_id"]}
