@@ -16,6 +16,9 @@ Case format (one JSON object per line):
      "expect_args": {"generate_cohort": {"n": 2000, "condition": "type 2 diabetes"}},
      "expect_decline": false, "answer_contains": ["100,000"], "tags": ["generation"]}
 
+Every registered tool also brings its own cases (`spec_cases`: its few-shot line with the expected
+arguments, and its examples), added by `synthehr eval agent --spec-cases`.
+
 Argument values compare by meaning: conditions through the condition profiles, strings
 case-insensitively, numbers numerically, lists as sets, objects as subsets; "*" means "present".
 """
@@ -89,6 +92,40 @@ def load_cases(path: Path | str) -> list[Case]:
         if unknown:
             raise ValueError(f"{path}:{i}: unknown keys {sorted(unknown)}")
         cases.append(Case(**data))
+    return cases
+
+
+def spec_cases(registry: Registry) -> list[Case]:
+    """The evaluation cases every tool's spec carries, so a new tool is evaluated without editing a cases file.
+
+    A spec's few-shot line becomes a case with its expected arguments (a free-text question only has to be
+    present); each of its `examples` becomes a tool-choice case. A tool that reads a data set gets the
+    generation tool's own few-shot request as an earlier turn. These requests are shown to the model and the
+    router, so they check that a tool is wired in (in-distribution), not how well the agent generalises:
+    the held-out cases files measure that. Tagged "spec" and the tool's name (`--only spec`).
+    """
+    from synthehr.agent.grounding import model_roles
+
+    def roles(spec: ToolSpec) -> dict[str, str]:
+        return model_roles(spec.args_model)
+
+    gen = next((s for s in registry if {"condition", "n"} <= set(roles(s).values())
+                and isinstance((s.few_shot or {}).get("args"), dict)), None)
+    history = ([{"user": gen.few_shot["request"], "tool": gen.name, "args": dict(gen.few_shot["args"]),
+                 "answer": gen.few_shot.get("final") or "Done."}] if gen is not None and gen.few_shot else [])
+    cases: list[Case] = []
+    for spec in registry:
+        r = roles(spec)
+        reads_dataset = "dataset" in r.values() and spec is not gen
+        before = history if reads_dataset else []
+        fs = spec.few_shot or {}
+        if isinstance(fs.get("request"), str) and isinstance(fs.get("args"), dict) and (before or not fs.get("context")):
+            expected = {k: ("*" if r.get(k) == "question" else v) for k, v in fs["args"].items()}
+            cases.append(Case(id=f"spec-{spec.name}-few-shot", request=fs["request"], history=list(before),
+                              expect_tools=[spec.name], expect_args={spec.name: expected}, tags=["spec", spec.name]))
+        for i, example in enumerate(dict.fromkeys(spec.examples), 1):
+            cases.append(Case(id=f"spec-{spec.name}-{i}", request=example, history=list(before),
+                              expect_tools=[spec.name], tags=["spec", spec.name]))
     return cases
 
 

@@ -2,7 +2,7 @@
 
 Public API (stable; the web page and the CLI build on it):
 
-    run_turn(deps, llm, text, *, registry=None, on_event=None) -> TurnResult
+    run_turn(deps, llm, text, *, registry=None, on_event=None, config=None) -> TurnResult
     StepEvent(kind: "thought"|"action"|"observation"|"answer"|"error", tool, args, text, files)
     TurnResult(answer, steps=[{tool, args, observation, files, ...}], files, declined, parse_failures, ...)
 
@@ -19,6 +19,11 @@ id and claim in those results. Parse errors,
 unknown tools and invalid arguments go back to the model as corrective observations listing
 the valid choices. Observations are sanitised before they enter the prompt (a document that
 says "Action: ..." is data, never a step). The step limit is settings.llm.max_steps.
+
+Tracing: a turn is ONE LangChain run ("synthehr_turn", a chain run opened with the callbacks, tags and
+metadata of the `config` passed to run_turn); every LLM call and tool call of the turn is its child. The
+router's decision is sent as the custom event "synthehr_route" and, with each call's grounding notes, is
+part of the run's outputs (`route`, `calls`).
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class TurnResult:
     answer_problems: list[str] = field(default_factory=list)  # why the model's own wording was not used
     plan: list[dict[str, Any]] = field(default_factory=list)  # the intent model's confident plan
     latency_s: float = 0.0
+    run_id: str = ""  # the turn's LangChain run id (its trace), see run_turn(config=...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +164,7 @@ class ReActAgent:
         intent_model: Any = None,
         on_event: Callable[[StepEvent], None] | None = None,
         max_steps: int | None = None,
+        config: Any = None,
     ):
         from synthehr.agent.tooling import to_langchain_tools
 
@@ -167,6 +174,9 @@ class ReActAgent:
         self.router = router
         self.intent_model = intent_model
         self.on_event = on_event
+        self.config = dict(config or {})
+        self.callbacks: Any = None  # the turn run's child callback manager (set in run())
+        self.route_info: dict[str, Any] = {}
         self.max_steps = max_steps or self.settings.llm.max_steps
         self.lc_llm = llm if isinstance(llm, BackendLLM) else BackendLLM(
             backend=llm, max_tokens=self.settings.llm.max_new_tokens, temperature=self.settings.llm.temperature)
@@ -228,18 +238,51 @@ class ReActAgent:
         result = TurnResult(answer="", session=name)
         self.steps: list[dict[str, Any]] = []
         self.result = result
+        run_manager = self._open_trace(text)
+        result.run_id = str(run_manager.run_id)
+        self.callbacks = run_manager.get_child()
         try:
             result.answer = self._loop(text, sess)
         except _Stop as stop:
             result.answer = stop.answer
             result.declined = stop.declined
+        except BaseException as exc:
+            run_manager.on_chain_error(exc)
+            raise
         result.steps = self.steps
+        run_manager.on_chain_end(self._trace_outputs(result))
         result.files = list(dict.fromkeys(f for s in self.steps for f in (s.get("files") or [])))
         self.emit("answer", text=result.answer, files=result.files)
         result.latency_s = round(time.perf_counter() - started, 3)
         sess.add_turn(text, self.steps, result.answer, result.files, _now())
         session_mod.save(deps, sess)
         return result
+
+    # -- the turn as one LangChain run -------------------------------------------------------------------
+    def _open_trace(self, text: str) -> Any:
+        """Open the turn's chain run with the config's callbacks, tags and metadata (LangChain's own rules)."""
+        from langchain_core.callbacks import CallbackManager
+
+        cfg = self.config
+        manager = CallbackManager.configure(cfg.get("callbacks"), None, inheritable_tags=cfg.get("tags"),
+                                            inheritable_metadata=cfg.get("metadata"))
+        return manager.on_chain_start(None, {"input": text}, run_id=cfg.get("run_id"),
+                                      name=cfg.get("run_name") or "synthehr_turn")
+
+    def _trace_event(self, name: str, data: dict[str, Any]) -> None:
+        """A custom event on the turn's run (tracers show it inside the turn)."""
+        from langchain_core.callbacks.manager import dispatch_custom_event
+
+        if self.callbacks is not None and self.callbacks.handlers:
+            dispatch_custom_event(name, data, config={"callbacks": self.callbacks})
+
+    def _trace_outputs(self, result: TurnResult) -> dict[str, Any]:
+        """The turn run's outputs: the answer, the router's decision and each call's source and grounding notes."""
+        calls = [{"tool": s.get("tool"), "source": s.get("source"), "args": _safe_data(s.get("args")),
+                  "ok": bool(s.get("ok")), "notes": list(s.get("notes") or []), "error": s.get("error")}
+                 for s in self.steps if s.get("tool")]
+        return {"output": result.answer, "declined": result.declined, "route": dict(self.route_info),
+                "calls": calls, "llm_calls": result.llm_calls, "parse_failures": result.parse_failures}
 
     def _decline(self, answer: str) -> None:
         raise _Stop(answer, declined=True)
@@ -252,11 +295,14 @@ class ReActAgent:
             grounding.check_limits(facts, self.settings)
         except grounding.Decline as exc:
             self.emit("thought", text="The request must be declined.")
+            self.route_info = {"decided_by": "declined before routing (request or limits)"}
             self._decline(str(exc))
 
         intents: list[Route] = []
         none_route: Route | None = None
         whole: Route | None = None
+        routes: list[Route] = []
+        decided_by = "router"
         if self.router is not None:
             routes = self.router.plan(text)
             whole = routes[0] if len(routes) == 1 else None
@@ -272,6 +318,7 @@ class ReActAgent:
             self.result.plan = [{"tool": r.tool, "p": round(r.score, 3)} for r in planned]
             if planned and all(r.tool in self.registry for r in planned):
                 intents, none_route = planned, None
+                decided_by = "intent model"
                 whole = planned[0] if len(planned) == 1 else None
             elif len(planned) == 1 and planned[0].tool == NO_TOOL and not intents:
                 none_route = planned[0]
@@ -282,6 +329,16 @@ class ReActAgent:
                 # A restriction of the last cohort ("now only people over 75"): the session makes it confident.
                 intents = [whole]
 
+        self.route_info = {
+            "router": [{"tool": r.tool, "score": round(float(r.score), 3), "confident": bool(r.confident)}
+                       for r in (routes if self.router is not None else [])],
+            "intent_plan": list(self.result.plan),
+            "planned_tools": [r.tool for r in intents],
+            # who decides the tool: the router or the intent model when confident (the model's other choices
+            # are overruled), else the LLM; a confident "no tool" is a decision too.
+            "decided_by": decided_by if intents else (f"{decided_by} (no tool)" if none_route is not None else "llm"),
+        }
+        self._trace_event("synthehr_route", self.route_info)
         messages: list[dict[str, str]] = [{"role": "system", "content": prompts.system_prompt(self.registry, self.settings)}]
         messages += prompts.few_shot_messages(self.registry)
         messages.append({"role": "user", "content": prompts.user_message(sanitize_observation(text, 2000),
@@ -399,7 +456,7 @@ class ReActAgent:
         kwargs: dict[str, Any] = {"messages": messages}
         if grammar is not None:
             kwargs["grammar"] = grammar
-        return self.lc_llm.invoke(prompt, stop=list(prompts.STOP), **kwargs)
+        return self.lc_llm.invoke(prompt, config={"callbacks": self.callbacks}, stop=list(prompts.STOP), **kwargs)
 
     def _native_step(self, messages: list[dict[str, str]], grammar: str | None = None) -> str:
         """One step through the server's native tool calling, written as the equivalent ReAct step, so that
@@ -412,8 +469,37 @@ class ReActAgent:
         if not tools:
             return self._generate(messages, grammar)
         messages, _ = fit_messages(self.backend, messages, max_new_tokens=self.settings.llm.max_new_tokens, tools=tools)
-        reply = self.backend.generate_tool_call(messages, tools, tool_choice=choice,
-                                                max_tokens=self.settings.llm.max_new_tokens)
+        llm_runs = self._llm_run_start(messages, tools)
+        try:
+            reply = self.backend.generate_tool_call(messages, tools, tool_choice=choice,
+                                                    max_tokens=self.settings.llm.max_new_tokens)
+        except BaseException as exc:
+            for r in llm_runs:
+                r.on_llm_error(exc)
+            raise
+        step = self._native_reply_step(reply)
+        self._llm_run_end(llm_runs, step)
+        return step
+
+    def _llm_run_start(self, messages: list[dict[str, str]], tools: list[dict[str, Any]]) -> list[Any]:
+        """The native tool call as an LLM run inside the turn (it bypasses the LangChain LLM wrapper)."""
+        if self.callbacks is None or not self.callbacks.handlers:
+            return []
+        prompt = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+        return self.callbacks.on_llm_start({"name": "synthehr-native-tool-call", **self.lc_llm._identifying_params},
+                                           [prompt], invocation_params={"tools": [t["function"]["name"] for t in tools]},
+                                           name="synthehr-native-tool-call")
+
+    @staticmethod
+    def _llm_run_end(runs: list[Any], text: str) -> None:
+        if runs:
+            from langchain_core.outputs import Generation, LLMResult
+
+            for r in runs:
+                r.on_llm_end(LLMResult(generations=[[Generation(text=text)]]))
+
+    @staticmethod
+    def _native_reply_step(reply: Any) -> str:
         content = (getattr(reply, "content", "") or "").strip()
         calls = list(getattr(reply, "tool_calls", []) or [])
         if calls:
@@ -526,7 +612,8 @@ class ReActAgent:
         self.emit("thought", tool=tool, args=call_args, text=doing)
         self.emit("action", tool=tool, args=call_args, text=doing)
         before = sess.state.to_dict()
-        content, artifact, ok = invoke_tool(self.tools[tool], call_args, f"call-{uuid.uuid4().hex[:8]}")
+        content, artifact, ok = invoke_tool(self.tools[tool], call_args, f"call-{uuid.uuid4().hex[:8]}",
+                                            callbacks=self.callbacks)
         if ok and artifact is not None:
             session_mod.update_state(sess.state, tool, call_args, artifact, before)
         obs = sanitize_observation(content)
@@ -679,6 +766,7 @@ def run_turn(
     router: "Router | str | None" = DEFAULT_ROUTER,
     max_steps: int | None = None,
     intent: Any = "auto",
+    config: Any = None,
 ) -> TurnResult:
     """Answer one user request in the session `deps.session.name`, calling tools as the LLM decides.
 
@@ -687,6 +775,10 @@ def run_turn(
     embedding router when it loads), None (no router) or a Router. `intent` is "auto" (the packaged intent
     model whenever a router is used), None, or an synthehr.agent.intent.IntentModel. History and tool state are saved
     in the workspace's sessions table after the turn.
+
+    `config` is a LangChain `RunnableConfig` (callbacks, tags, metadata, run_name, run_id): the turn is one
+    run ("synthehr_turn") whose children are every LLM call and tool call; its outputs carry the router's
+    decision (`route`) and each call's source and grounding notes (`calls`). TurnResult.run_id is its id.
     """
     from synthehr.errors import require_request
 
@@ -704,5 +796,5 @@ def run_turn(
 
         intent = default_intent_model(registry) if router is not None else None
     agent = ReActAgent(deps, llm, registry, router=router, intent_model=intent, on_event=on_event,
-                       max_steps=max_steps)
+                       max_steps=max_steps, config=config)
     return agent.run(text)

@@ -173,9 +173,13 @@ def to_langchain_tools(registry: "Registry", deps: "Deps") -> dict[str, "Structu
     return {spec.name: to_langchain_tool(spec, deps) for spec in registry}
 
 
-def invoke_tool(tool: "StructuredTool", args: dict[str, Any], call_id: str) -> tuple[str, ToolResult | None, bool]:
-    """Run a LangChain tool made by `to_langchain_tool`: (observation, ToolResult or None, ok)."""
-    msg = tool.invoke({"name": tool.name, "args": args, "id": call_id, "type": "tool_call"})
+def invoke_tool(tool: "StructuredTool", args: dict[str, Any], call_id: str, *,
+                callbacks: Any = None) -> tuple[str, ToolResult | None, bool]:
+    """Run a LangChain tool made by `to_langchain_tool`: (observation, ToolResult or None, ok).
+
+    `callbacks` (a turn's child callback manager, or handlers) makes the call a child run of the turn's trace."""
+    config = {"callbacks": callbacks} if callbacks is not None else None
+    msg = tool.invoke({"name": tool.name, "args": args, "id": call_id, "type": "tool_call"}, config=config)
     content = msg.content if isinstance(msg.content, str) else json.dumps(msg.content, default=str)
     ok = getattr(msg, "status", "success") != "error"
     artifact = getattr(msg, "artifact", None)

@@ -19,7 +19,7 @@ _here = _Path(__file__).resolve().parent
 if not (_here / "agent").is_dir() and (_here.parent / "agent" / "__init__.py").is_file() and (_here.parent / "pyproject.toml").is_file():
     __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
 
-__all__ = ["__version__", "get_tools", "get_retriever", "get_vectorstore"]
+__all__ = ["__version__", "get_tools", "get_retriever", "get_vectorstore", "run_turn"]
 
 
 def get_tools(workspace: Any = None, **kwargs: Any) -> list[Any]:
@@ -41,3 +41,11 @@ def get_vectorstore(workspace: Any = None, **kwargs: Any) -> Any:
     from synthehr.agent.surface import get_vectorstore as _get_vectorstore
 
     return _get_vectorstore(workspace, **kwargs)
+
+
+def run_turn(deps: Any, llm: Any, text: str, **kwargs: Any) -> Any:
+    """One agent turn (see synthehr.agent.loop.run_turn); `config=` takes a LangChain `RunnableConfig`, so the
+    turn is one trace whose children are its LLM and tool calls."""
+    from synthehr.agent.loop import run_turn as _run_turn
+
+    return _run_turn(deps, llm, text, **kwargs)

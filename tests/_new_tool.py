@@ -15,6 +15,7 @@ class HbA1cUnitsArgs(BaseModel):
     percent: float = Field(description="HbA1c in NGSP percent, e.g. 7.5.")
     dataset: str | None = Field(None, json_schema_extra={"role": "dataset"},
                                 description="Unused; present to show a grounded role.")
+    chart: bool = Field(False, description="Also save the conversion as a CSV table and an SVG chart.")
 
 
 def hba1c_units(deps: Deps, args: HbA1cUnitsArgs) -> ToolResult:
@@ -22,9 +23,20 @@ def hba1c_units(deps: Deps, args: HbA1cUnitsArgs) -> ToolResult:
     if not 3 <= args.percent <= 20:
         raise ToolInputError(f"HbA1c {args.percent:g} % is outside 3-20 %; give a value in that range")
     mmol = round(10.929 * (args.percent - 2.15))
+    files: list[str] = []
+    if args.chart:  # files it writes (in the workspace) and which of them are plots: declared on the result
+        out = deps.workspace.datasets_dir / "hba1c-units"
+        out.mkdir(parents=True, exist_ok=True)
+        table, chart = out / f"hba1c-{args.percent:g}.csv", out / f"hba1c-{args.percent:g}.svg"
+        table.write_text(f"ngsp_percent,ifcc_mmol_mol\n{args.percent:g},{mmol}\n", encoding="utf-8")
+        chart.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="120" height="20">'
+                         f'<rect width="{mmol}" height="20"/></svg>', encoding="utf-8")
+        files = [str(table), str(chart)]
     return ToolResult(
         text=f"HbA1c {args.percent:g} % = {mmol} mmol/mol (IFCC).",
         data={"percent": args.percent, "mmol_mol": mmol},
+        files=files,
+        plots=[f for f in files if f.endswith(".svg")],
         summary=f"An HbA1c of {args.percent:g}% is {mmol} mmol/mol in IFCC units.",
         figures=[Figure("HbA1c (IFCC)", mmol, "mmol/mol")],
         sources=[SourceRef("NGSP: IFCC-NGSP master equation", "https://ngsp.org/ifccngsp.asp")],

@@ -214,6 +214,7 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", help="Override llm.model."),
         grammar_param: Optional[str] = typer.Option(None, "--grammar-param", help="Override llm.grammar_param (grammar, structured_outputs.grammar, guided_grammar, auto)."),
         tool_calling: Optional[bool] = typer.Option(None, "--tool-calling/--no-tool-calling", help="Override llm.tool_calling (native tool calls)."),
+        spec_cases: bool = typer.Option(False, "--spec-cases", help="Add the cases each registered tool's spec carries (its few-shot line and examples; tagged 'spec')."),
     ) -> None:
         """Measure the configured LLM's planning and answers: tool, argument and answer accuracy, parse failures, latency.
 
@@ -221,9 +222,9 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from synthehr.agent.evaluation import load_cases, run_eval
+        from synthehr.agent.evaluation import load_cases, run_eval, spec_cases as cases_of_specs
+        from synthehr.agent.plugins import registry_with_plugins
         from synthehr.tools.base import ToolInputError
-        from synthehr.tools.registry import default_registry
 
         if not cases.is_file():
             raise ToolInputError(f"cases file not found: {cases}")
@@ -231,6 +232,9 @@ def register(app: typer.Typer) -> None:
             items = load_cases(cases)
         except ValueError as exc:
             raise ToolInputError(str(exc)) from None
+        real = registry_with_plugins()[0]  # the tools the agent has, third-party ones included
+        if spec_cases:
+            items += cases_of_specs(real)
         if only:
             items = [c for c in items if only in c.id or any(only in t for t in c.tags)]
         if limit:
@@ -250,7 +254,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"{mark} {done[0]}/{len(items)} {r.id}: {', '.join(r.called_tools) or '-'} "
                           f"({r.latency_s:.1f}s)" + (f" [red]{r.error}[/]" if r.error else ""))
 
-        report = run_eval(items, d.settings, llm, default_registry(), router=_router_opt(no_router), on_case=on_case)
+        report = run_eval(items, d.settings, llm, real, router=_router_opt(no_router), on_case=on_case)
         if as_json:
             print_json(report)
             return

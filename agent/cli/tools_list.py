@@ -1,4 +1,5 @@
-"""`synthehr tools list`: every tool the agent can call, built-in and from `synthehr.tools` entry points."""
+"""`synthehr tools list` and `synthehr tools run`: every tool the agent can call, built-in and from `synthehr.tools`
+entry points, and a command for each made from its spec (synthehr.agent.cli.tool_run)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import typer
 def register(app: typer.Typer) -> None:
     tools_app = typer.Typer(help="The tools the agent can call (built-in and third-party plugins).", no_args_is_help=True)
     app.add_typer(tools_app, name="tools")
+    from synthehr.agent.cli import tool_run
+
+    tool_run.register(tools_app)
 
     @tools_app.command("list")
     def tools_list(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:

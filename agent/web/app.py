@@ -375,11 +375,15 @@ def plot_title(stem: str) -> str:
 
 
 DATASET_FILES = {"data.csv", "data.parquet", "card.json", "card.md"}
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")  # a declared plot the page can show
 
 
 def turn_artifacts(workspace: Any, steps: list[Any], answer: str, files: list[str]) -> dict[str, Any]:
     """What a turn produced, for the page: data sets written (card + downloads), plots, other files
-    under datasets/ (exports), and citations (provenance passages' links, URLs in observations/answer)."""
+    under datasets/ (exports), and citations (provenance passages' links, URLs in observations/answer).
+
+    Any tool's result renders from what it declares (ToolResult: `files`, `plots`, `sources`, kept in each
+    step's `files` and `result`), so a new tool's files, plots and sources show without web code."""
     root = Path(workspace.root)
     ds_dir = (root / "datasets").resolve()
     all_files = [str(f) for f in files]
@@ -397,11 +401,17 @@ def turn_artifacts(workspace: Any, steps: list[Any], answer: str, files: list[st
             citations.append({"url": url, "title": title or url})
 
     alts: dict[str, str] = {}
+    declared_plots: set[str] = set()
     for step in steps:
         all_files += [str(f) for f in (_get(step, "files") or [])]
         data = _get(step, "data") or {}
+        typed = _get(step, "result") or {}
+        typed = typed if isinstance(typed, dict) else {}
+        for f in typed.get("plots") or []:  # the plots the tool declared (files it wrote that are figures)
+            declared_plots.add(str(f))
+            all_files.append(str(f))
         for f in _get(step, "files") or []:
-            if Path(str(f)).suffix.lower() in (".png", ".svg"):
+            if Path(str(f)).suffix.lower() in (".png", ".svg") or str(f) in declared_plots:
                 alts[str(f)] = plot_alt(f, data if isinstance(data, dict) else None)
         if isinstance(data, dict):
             if _get(step, "tool") == "generate_cohort" and isinstance(data.get("dataset_id"), str):
@@ -422,6 +432,9 @@ def turn_artifacts(workspace: Any, steps: list[Any], answer: str, files: list[st
                 if src.get("title") or src.get("url"):
                     cite(src.get("url"), f"{src.get('title') or src.get('name')} — the source data set {data['dataset_id']} "
                                          "was trained on")
+        for src in typed.get("sources") or []:  # the documents the tool declared its result rests on
+            if isinstance(src, dict) and (src.get("url") or src.get("title")):
+                cite(src.get("url"), " — ".join(str(x) for x in (src.get("title"), src.get("section")) if x) or None)
         for url in URL_RE.findall(str(_get(step, "observation") or "")):
             cite(url)
     for url in URL_RE.findall(answer or ""):
@@ -438,7 +451,7 @@ def turn_artifacts(workspace: Any, steps: list[Any], answer: str, files: list[st
             continue
         if rel.name in DATASET_FILES:
             ids.append(rel.parts[0])
-        elif rel.suffix.lower() in (".png", ".svg"):
+        elif rel.suffix.lower() in (".png", ".svg") or (f in declared_plots and rel.suffix.lower() in IMAGE_SUFFIXES):
             plots.append({"url": url, "name": plot_title(rel.stem), "alt": alts.get(f) or plot_alt(f, None)})
         else:
             others.append({"url": url, "name": rel.name, "dataset": rel.parts[0]})
