@@ -209,3 +209,35 @@ def test_openai_compatible_stream_reads_server_sent_events(transport):
         server.shutdown()
     assert "".join(pieces) == "Final Answer: 40 patients." and len(pieces) >= 3
     assert seen[0]["stream"] is True and seen[0]["messages"] == [{"role": "user", "content": "hi"}]
+
+
+# ---- the page's stream -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["embedded", "capable"])
+def test_web_chat_stream_carries_the_answer_as_it_is_written(settings, name):
+    """POST /api/chat (NDJSON) with the real loop: the embedded model's answer arrives in delta pieces that join
+    to the answer event's text; a capable model's unverifiable draft arrives as provisional deltas and is then
+    replaced (answer_replace, kept false) by the checked answer, which the answer event also carries."""
+    import functools
+    import json as _json
+
+    from fastapi.testclient import TestClient
+
+    from synthehr.agent.web.app import create_app
+
+    llm = ScriptedLLM([ACT, "Thought: I have it.\nFinal Answer: The 77 patients have a mean HbA1c of 9.9 %."], name=name)
+    app = create_app(settings, llm=llm, registry=REG, run_turn=functools.partial(run_turn, router=None),
+                     index_on_start=False)
+    with TestClient(app, base_url="http://127.0.0.1:7860") as client:
+        r = client.post("/api/chat", json={"session": f"stream-{name}", "text": "what is their mean HbA1c?"})
+    events = [_json.loads(line) for line in r.text.splitlines() if line.strip()]
+    (answer,) = [e for e in events if e["type"] == "answer"]
+    deltas = [e for e in events if e["type"] == "delta"]
+    assert deltas and events.index(deltas[-1]) < events.index(answer)
+    if name == "embedded":
+        assert not any(e.get("provisional") for e in deltas)
+        assert "".join(e["text"] for e in deltas) == answer["text"] and "7.1%" in answer["text"]
+        assert not [e for e in events if e["type"] == "answer_replace"]
+    else:
+        assert all(e.get("provisional") for e in deltas) and "9.9" in "".join(e["text"] for e in deltas)
+        (rep,) = [e for e in events if e["type"] == "answer_replace"]
+        assert rep["kept"] is False and rep["text"] == answer["text"] and "9.9" not in answer["text"]
