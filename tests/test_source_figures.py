@@ -115,6 +115,7 @@ def test_generated_cohort_states_its_comparison_with_the_source_at_no_privacy_co
     assert figs["mean HbA1c"].reference == comp["figures"]["mean_hba1c_pct"]
     assert figs["mean HbA1c"].reference_label == "source (DP estimate)"
     assert any("privacy-protected (DP) figures" in s and "race/ethnicity" in s for s in res.statements)
+    assert "DP-released figures (estimate): mean age" in res.text  # what a capable model sees, to phrase it
 
     # Recomputing the comparison reads the model's releases only: the ledger does not move.
     model = find_model(deps, SRC, first.data["card"]["model"]["conditions"], None)[1]

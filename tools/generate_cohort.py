@@ -433,7 +433,9 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
             f"Cohort: {profile.cohort.description.strip()} Source: {schema.meta.title} ({source}). "
             f"Privacy: epsilon {model.epsilon:.3g} (target {model.target_epsilon:g}), delta {model.delta:.2g}, "
             f"{model.accountant} accountant, model {model_id}{' (newly trained)' if trained else ' (reused)'}. "
-            f"Key stats: {format_stats(stats)}.{miss_txt}{_population_sentence(pop_report)}")
+            f"Key stats: {format_stats(stats)}.{miss_txt}{_population_sentence(pop_report)}"
+            + (f" Source's DP-released figures (estimate): {format_stats(comparison['figures'])}."
+               if comparison.get("figures") else ""))
     files = [info["files"][k] for k in ("csv", "parquet", "card_json", "card_md")]
     return ToolResult(text=text, data=result, files=files, **_typed(n, profile, schema, source, filters, model, trained,
                                                                      stats, chosen, missing, info["card"], comparison))
