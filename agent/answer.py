@@ -60,10 +60,12 @@ def _fmt_figure(f: dict[str, Any]) -> str:
     unit = f.get("unit") or ""
     if value == "n/a":
         return f"{f['label']} not available"
-    text = f"{f['label']} {value}" + ("%" if unit == "%" else (f" {unit}" if unit else ""))
+    suffix = "%" if unit == "%" else (f" {unit}" if unit else "")
+    text = f"{f['label']} {value}{suffix}"
     if f.get("reference") is not None:
-        text += f" ({f.get('reference_label') or 'source'} {_fmt_number(f['reference'])}" + \
-                ("%" if unit == "%" else (f" {unit}" if unit else "")) + ")"
+        # "mean HbA1c 7.3% vs 7.4% in the source (DP estimate)": the source's figure as the tool reported it
+        # (e.g. DP-released), never a statistic of real rows.
+        text += f" vs {_fmt_number(f['reference'])}{suffix} in the {f.get('reference_label') or 'source'}"
     return text
 
 

@@ -32,7 +32,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,7 @@ from langchain_core.language_models.llms import LLM
 
 from synthehr.agent import grounding, prompts
 from synthehr.agent import session as session_mod
-from synthehr.agent.llm.base import cut_at_stop
+from synthehr.agent.llm.base import cut_at_stop, cut_stream, word_pieces
 from synthehr.tools.base import ToolInputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,7 +67,11 @@ OUT_OF_SCOPE = "That is outside what I can help with. " + CAPABILITIES
 class StepEvent:
     """Something that happened in a turn, delivered to `on_event` as it happens."""
 
-    kind: str  # "thought" | "action" | "observation" | "answer" | "error"
+    # "thought" | "action" | "observation" | "answer" | "error"; while the answer is written (see stream_answer):
+    # "answer_delta" (a piece of the final answer), "answer_draft" (a piece of a capable model's wording, shown
+    # as provisional until checked) and "answer_replace" (text: the checked answer that replaces every draft
+    # piece so far; args {"kept": whether the model's wording passed the verifier}).
+    kind: str
     tool: str | None = None
     args: dict[str, Any] | None = None
     text: str = ""
@@ -127,6 +131,24 @@ class BackendLLM(LLM):
         )
         # Some backends ignore `stop` (HuggingFacePipeline): cut here as well.
         return cut_at_stop(text or "", stop)
+
+    def _stream(self, prompt: str, stop: list[str] | None = None, run_manager: Any = None,
+                **kwargs: Any) -> Iterator[Any]:
+        """The reply as the backend writes it (`backend.stream`), cut at `stop`; one piece where the backend
+        does not stream."""
+        from langchain_core.outputs import GenerationChunk
+
+        if not hasattr(self.backend, "stream"):
+            yield GenerationChunk(text=self._call(prompt, stop=stop, run_manager=run_manager, **kwargs))
+            return
+        messages = kwargs.get("messages") or [{"role": "user", "content": prompt}]
+        grammar = kwargs.get("grammar") if getattr(self.backend, "supports_grammar", False) else None
+        pieces = self.backend.stream(messages, stop=stop, max_tokens=int(kwargs.get("max_tokens") or self.max_tokens),
+                                     grammar=grammar, temperature=self.temperature)
+        for piece in cut_stream(pieces, stop):
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece)
+            yield GenerationChunk(text=piece)
 
 
 # ---- sanitising ---------------------------------------------------------------------------------------
@@ -226,6 +248,8 @@ class ReActAgent:
     def emit(self, kind: str, tool: str | None = None, args: dict[str, Any] | None = None, text: str = "",
              files: list[str] | None = None) -> None:
         if self.on_event is not None:
+            if kind == "action" and getattr(self, "_draft", ""):
+                self._withdraw_draft()  # the model's "final answer" was not final: a planned tool runs first
             self.on_event(StepEvent(kind=kind, tool=tool, args=args, text=text, files=list(files or [])))
 
     # -- one turn -----------------------------------------------------------------------------------------
@@ -252,6 +276,7 @@ class ReActAgent:
         result.steps = self.steps
         run_manager.on_chain_end(self._trace_outputs(result))
         result.files = list(dict.fromkeys(f for s in self.steps for f in (s.get("files") or [])))
+        self.stream_answer(result.answer)
         self.emit("answer", text=result.answer, files=result.files)
         result.latency_s = round(time.perf_counter() - started, 3)
         sess.add_turn(text, self.steps, result.answer, result.files, _now())
@@ -456,7 +481,54 @@ class ReActAgent:
         kwargs: dict[str, Any] = {"messages": messages}
         if grammar is not None:
             kwargs["grammar"] = grammar
+        if self._streams():
+            return self._stream_step(prompt, kwargs)
         return self.lc_llm.invoke(prompt, config={"callbacks": self.callbacks}, stop=list(prompts.STOP), **kwargs)
+
+    # -- the answer as it is written -------------------------------------------------------------------
+    def _streams(self) -> bool:
+        """Whether a step's final answer is streamed as it is written: someone listens, the backend streams,
+        and the model's wording may be shown (the embedded model's never is: the writer answers)."""
+        return self.on_event is not None and hasattr(self.backend, "stream") and self._model_phrases()
+
+    def _stream_step(self, prompt: str, kwargs: dict[str, Any]) -> str:
+        """One ReAct step through `stream`: once it shows itself as the final answer (a "Final Answer:" before
+        any "Action:"), its text goes out as provisional `answer_draft` pieces while it is written. The verifier
+        has not seen it yet; stream_answer later confirms it or replaces it."""
+        text = ""
+        marker = "Final Answer:"
+        for chunk in self.lc_llm.stream(prompt, config={"callbacks": self.callbacks}, stop=list(prompts.STOP), **kwargs):
+            text += str(chunk)
+            i = text.find(marker)
+            if i < 0 or re.search(r"Action\s*:", text[:i]):
+                continue
+            body = text[i + len(marker):].lstrip()
+            draft = getattr(self, "_draft", "")
+            if body.startswith(draft) and len(body) > len(draft):
+                self._draft = body
+                self.emit("answer_draft", text=body[len(draft):])
+        return text
+
+    def _withdraw_draft(self) -> None:
+        self._draft = ""
+        if self.on_event is not None:
+            self.on_event(StepEvent(kind="answer_replace", text="", args={"kept": False}))
+
+    def stream_answer(self, answer: str) -> None:
+        """Send the final answer as it is written, before the `answer` event (which always carries it whole).
+        Written by the answer writer: in word pieces (`answer_delta`), which join to exactly `answer`. After
+        a capable model's streamed draft: one `answer_replace` with the checked answer, `kept` saying whether
+        the model's wording passed the verifier (if not, the page replaces the draft with the writer's text)."""
+        if self.on_event is None:
+            return
+        draft = getattr(self, "_draft", "")
+        if draft:
+            kept = not self.result.answer_problems and answer.startswith(draft.strip())
+            self._draft = ""
+            self.on_event(StepEvent(kind="answer_replace", text=answer, args={"kept": kept}))
+            return
+        for piece in word_pieces(answer):
+            self.emit("answer_delta", text=piece)
 
     def _native_step(self, messages: list[dict[str, str]], grammar: str | None = None) -> str:
         """One step through the server's native tool calling, written as the equivalent ReAct step, so that

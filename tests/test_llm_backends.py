@@ -296,6 +296,17 @@ def test_transformers_stop_strings_end_generation_and_are_cut(tiny_llama: Any) -
     assert tiny_llama.last_usage.completion_tokens < n_full  # stopped when the stop string appeared
 
 
+def test_transformers_stream_sends_what_generate_returns(tiny_llama: Any) -> None:
+    """The answer streams where the backend streams (issue 13): the pieces join to generate's text, with the
+    grammar and the stop strings applied the same way."""
+    grammar = r'root ::= "Thought: ok\nFinal Answer: " [a-z]{6,8} "\nObservation: x"'
+    whole = tiny_llama.generate(MSGS, max_tokens=40, grammar=grammar, stop=["\nObservation"])
+    pieces = list(tiny_llama.stream(MSGS, max_tokens=40, grammar=grammar, stop=["\nObservation"]))
+    assert "".join(pieces) == whole and whole.startswith("Thought: ok\nFinal Answer: ") and len(pieces) > 1
+    assert list(tiny_llama.stream(MSGS, max_tokens=12)) and "".join(tiny_llama.stream(MSGS, max_tokens=12)) == \
+        tiny_llama.generate(MSGS, max_tokens=12)
+
+
 def test_transformers_rejects_an_invalid_grammar(tiny_llama: Any) -> None:
     with pytest.raises(GrammarError, match="invalid GBNF"):
         tiny_llama.generate(MSGS, grammar='root ::= "unterminated')

@@ -4,8 +4,8 @@ The server runs on loopback on a free port with a temporary workspace and the `f
 scripted to call the REAL tools (a real DP-GAN, kept tiny with SYNTHEHR_TRAINING__EPOCHS=1, and the real
 knowledge index, built in the background when the server starts). A clinician's conversation:
 
-1. the headline request -> a readable answer with n, the data card (an HTML page, no server paths) and
-   the downloads (the CSV served has the requested rows); while it trains, "make them older" is typed and
+1. the headline request -> a readable answer (streamed as it is written) with n, the data card (an HTML
+   page, no server paths) and the downloads (the CSV served has the requested rows); while it trains, "make them older" is typed and
    sent: it is queued (kept, shown as such) and sent when the first answer is done;
 2. "make them older" -> a second cohort, labelled in the sidebar with its age filter;
 3. "what is their mean HbA1c?" -> the mean of the CSV;
@@ -193,6 +193,12 @@ def test_chat_page_end_to_end(server: dict[str, Any], tmp_path: Path) -> None:
             expect(page.locator("body[data-ready='1']")).to_have_count(1, timeout=30_000)
             expect(page.locator("#new-chat")).to_be_visible()
             expect(page.locator("#menu-toggle")).to_be_hidden()  # desktop: the sidebar is always there
+            # Record every live answer area the page shows while an answer is written (it is replaced by the
+            # final answer when the turn ends, so the DOM alone would not show that it streamed).
+            page.evaluate("""() => { window.__streamed = []; new MutationObserver((ms) => { for (const m of ms)
+                for (const n of m.addedNodes) if (n.classList && n.classList.contains('streaming'))
+                  window.__streamed.push(n); }).observe(document.getElementById('messages'),
+                  { childList: true, subtree: true }); }""")
 
             # ---- 1. the headline request; "make them older" typed and sent while it trains ----
             page.fill("#input", HEADLINE)
@@ -220,6 +226,11 @@ def test_chat_page_end_to_end(server: dict[str, Any], tmp_path: Path) -> None:
                     f"the turn failed: {turn1.locator('.answer').inner_text()}\n"
                     f"{server['log'].read_text(errors='replace')[-3000:]}") from None
             timings["turn 1 (train + generate)"] = time.monotonic() - t0
+            # The answer streamed as it was written (the scripted model's draft, then the checked answer), and the
+            # live area gave way to the final answer.
+            streamed = page.evaluate("window.__streamed.map((n) => n.textContent)")
+            assert streamed and any(t.strip() for t in streamed), streamed
+            expect(turn1.locator(".answer.streaming")).to_have_count(0)
             expect(page.locator(".msg.user").nth(0)).to_have_text(HEADLINE)
             answer1 = turn1.locator(".answer").inner_text()
             assert answer1.strip() and ws_path not in answer1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -404,9 +405,14 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
                                                      **({"message": str(exc)} if isinstance(exc, ToolInputError) else {})})
         raise
     stats = key_stats(frame)
+    set_on_purpose = [f.column for f in filters] + [s.filters[0].column for g in strata for s in g]
+    if targets is not None:  # reweighted to the named population's public figures: not the source's mix
+        set_on_purpose += list(DEMOGRAPHICS)
+    comparison = source_comparison(model, frame, plan["fixed"], set_on_purpose)
     seconds = time.perf_counter() - t0
     result = {**info, "stats": stats, "trained_new_model": trained, "seconds": round(seconds, 1),
-              "observations": chosen, "missing_observations": missing, "population": info["card"]["population"]}
+              "observations": chosen, "missing_observations": missing, "population": info["card"]["population"],
+              "source_comparison": comparison}
     deps.workspace.update_run(run_id, "ok", {k: v for k, v in result.items() if k != "card"})
     deps.session.last_dataset = dataset_id
     deps.session.last_model = model_id
@@ -427,10 +433,12 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
             f"Cohort: {profile.cohort.description.strip()} Source: {schema.meta.title} ({source}). "
             f"Privacy: epsilon {model.epsilon:.3g} (target {model.target_epsilon:g}), delta {model.delta:.2g}, "
             f"{model.accountant} accountant, model {model_id}{' (newly trained)' if trained else ' (reused)'}. "
-            f"Key stats: {format_stats(stats)}.{miss_txt}{_population_sentence(pop_report)}")
+            f"Key stats: {format_stats(stats)}.{miss_txt}{_population_sentence(pop_report)}"
+            + (f" Source's DP-released figures (estimate): {format_stats(comparison['figures'])}."
+               if comparison.get("figures") else ""))
     files = [info["files"][k] for k in ("csv", "parquet", "card_json", "card_md")]
     return ToolResult(text=text, data=result, files=files, **_typed(n, profile, schema, source, filters, model, trained,
-                                                                     stats, chosen, missing, info["card"]))
+                                                                     stats, chosen, missing, info["card"], comparison))
 
 
 def document_title(doc_id: str) -> tuple[str, str]:
@@ -488,9 +496,88 @@ _STAT_FIGURES = {"mean_age_years": ("mean age", "years"), "pct_female": ("women"
                  "mean_sbp_mmhg": ("mean systolic blood pressure", "mmHg")}
 
 
+# key_stats figure -> (column, how its source figure is read from the comparison)
+_STAT_SOURCE = {"mean_age_years": ("age_years", "mean"), "pct_female": ("sex", "female"),
+                "mean_hba1c_pct": ("hba1c_pct", "mean"), "mean_bmi_kg_m2": ("bmi_kg_m2", "mean"),
+                "mean_sbp_mmhg": ("sbp_mmhg", "mean")}
+SOURCE_LABEL = "source (DP estimate)"
+
+
+def source_comparison(model: Any, frame: pd.DataFrame, fixed: dict[str, Any], set_on_purpose: list[str]) -> dict[str, Any]:
+    """The cohort's key figures and demographic mix against the source's DP-released figures for the same
+    cells (synthehr.tools.engines.source_figures): post-processing of what the model released, never the
+    real rows, and nothing charged. Columns the request set on purpose (filters, proportions, population
+    targets) and the cohort's fixed columns are not compared."""
+    from synthehr.tools.engines.source_figures import compare_with_source, dp_source_figures
+
+    src = dp_source_figures(model, fixed)
+    means = [c for c, how in _STAT_SOURCE.values() if how == "mean"]
+    out = compare_with_source(frame, src, mix_columns=DEMOGRAPHICS, mean_columns=means,
+                              skip=set(set_on_purpose) | set(fixed))
+    female = out["mix"].get("sex", {}).get("source_share", {}).get("female")
+    out["figures"] = {k: (round(100 * female, 1) if how == "female" else round(out["means"][col]["source_dp"], 1))
+                      for k, (col, how) in _STAT_SOURCE.items()
+                      if (how == "female" and female is not None) or (how == "mean" and col in out["means"])}
+    out["filtered"] = bool(set_on_purpose)
+    skipped = set(set_on_purpose) | set(fixed)
+    out["too_noisy"] = [c for c in dict.fromkeys([*DEMOGRAPHICS, *means])
+                        if c in src.get("too_noisy", []) and c not in skipped and c in frame.columns]
+    return out
+
+
+_COLUMN_WORDS = {"age_years": "age", "sex": "sex", "race_ethnicity": "race/ethnicity", "hba1c_pct": "HbA1c",
+                 "bmi_kg_m2": "BMI", "sbp_mmhg": "systolic blood pressure"}
+
+
+def _column_words(col: str, schema: SourceSchema) -> str:
+    if col in _COLUMN_WORDS:
+        return _COLUMN_WORDS[col]
+    info = schema.column_map().get(col)
+    label = info.label if info is not None and info.label else col.replace("_", " ")
+    return label if any(ch.isupper() for ch in label[1:]) else label.lower()
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def comparison_sentence(comparison: dict[str, Any] | None, schema: SourceSchema) -> str:
+    """One or two plain sentences: how the cohort's mix compares with the source's DP-released figures, and
+    which of the source's figures were too noisy to compare with."""
+    if not comparison:
+        return ""
+    out: list[str] = []
+    mix = comparison.get("mix") or {}
+    if mix:
+        what = _and([_column_words(c, schema) for c in mix])
+        worst_col = max(mix, key=lambda c: mix[c]["max_gap_points"])
+        worst = mix[worst_col]
+        gap = worst["max_gap_points"]
+        scope = (" (figures for everyone with the condition; the request's filters or targets change the cohort on "
+                 "purpose)" if comparison.get("filtered") else "")
+        if gap <= 3:
+            pts = max(1, math.ceil(gap))
+            out.append(f"The {what} mix matches the source's privacy-protected (DP) figures{scope} within {pts} "
+                       f"percentage point{'s' if pts > 1 else ''}.")
+        else:
+            group = (f"age {worst['largest']} years" if worst_col == "age_years" else str(worst["largest"])
+                     if worst_col == "sex" else f"{_column_words(worst_col, schema)} {worst['largest']}")
+            detail = "" if worst_col == "sex" else (  # the share of women is among the key figures
+                f" ({group}: {worst['synthetic_pct']:g}% here vs {worst['source_pct']:g}% in the source)")
+            out.append(f"The {what} mix differs from the source's privacy-protected (DP) figures{scope} by up to "
+                       f"{gap:g} percentage points{detail}.")
+    noisy = comparison.get("too_noisy") or []
+    if noisy:
+        out.append(f"The source's privacy-protected figures for {_and([_column_words(c, schema) for c in noisy])} "
+                   f"are too noisy at this privacy level to compare with.")
+    return " ".join(out)
+
+
 def _typed(n: int, profile: Any, schema: SourceSchema, source: str, filters: list, model: Any, trained: bool,
-           stats: dict[str, float], chosen: list[dict], missing: list[dict], card: dict[str, Any]) -> dict[str, Any]:
-    """The typed result fields the answer writer reads (plain clinical language, no tool jargon)."""
+           stats: dict[str, float], chosen: list[dict], missing: list[dict], card: dict[str, Any],
+           comparison: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The typed result fields the answer writer reads (plain clinical language, no tool jargon). Each key
+    figure carries the source's DP-released value as its `reference` where the model released one."""
     title = short_source(schema.meta)
     where = f" ({', '.join(plain_filter(f.text(), schema) for f in filters)})" if filters else ""
     summary = (f"I generated {n:,} synthetic patients with {profile.name}{where} from {title}, "
@@ -498,8 +585,13 @@ def _typed(n: int, profile: Any, schema: SourceSchema, source: str, filters: lis
     g_title, g_url = document_title(profile.guideline)
     definition = " ".join(profile.cohort.description.split())
     statements = [f"Cohort definition ({g_title}): {definition}"]
-    figures = [Figure(label=_STAT_FIGURES[k][0], value=v, unit=_STAT_FIGURES[k][1]) for k, v in stats.items()
-               if k in _STAT_FIGURES]
+    mix = comparison_sentence(comparison, schema)
+    if mix:
+        statements.append(mix)
+    refs = (comparison or {}).get("figures", {})
+    figures = [Figure(label=_STAT_FIGURES[k][0], value=v, unit=_STAT_FIGURES[k][1], reference=refs.get(k),
+                      reference_label=SOURCE_LABEL if k in refs else "")
+               for k, v in stats.items() if k in _STAT_FIGURES]
     gone = [Missing(item=m["label"], reason=f"{title} does not measure it") for m in missing if m["name"] != "(more)"]
     gone += [Missing(item=m["label"], reason="the source has no further observations of this condition")
              for m in missing if m["name"] == "(more)"]

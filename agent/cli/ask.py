@@ -59,10 +59,18 @@ def relative_text(text: str, root: Any) -> str:
     return text.replace(prefix, "")
 
 
-def event_printer(console: Any, root: Any = None) -> Any:
+def event_printer(console: Any, root: Any = None, *, live: bool = False) -> Any:
     """An on_event callback that shows each step live: what the agent is doing, the tool call, its short
-    result (paths relative to the workspace). The answer itself is printed once, at the end."""
+    result (paths relative to the workspace). With `live` (a terminal), the answer is printed as it is
+    written: the writer's pieces as they come; a capable model's draft dimmed, then confirmed or replaced
+    by the checked answer (said so). The callback's `streamed` is then true and the caller does not print
+    the answer again; otherwise the answer is printed once, at the end."""
     from rich.markup import escape
+
+    state = {"draft": ""}
+
+    def write(text: str, style: str | None = None) -> None:
+        console.print(relative_text(text, root), end="", style=style, markup=False, highlight=False, soft_wrap=True)
 
     def on_event(ev: Any) -> None:
         if ev.kind == "thought" and ev.text:
@@ -73,7 +81,28 @@ def event_printer(console: Any, root: Any = None) -> Any:
             console.print(f"[green]  ← {escape(_short(relative_text(ev.text, root), 400))}[/]")
         elif ev.kind == "error":
             console.print(f"[yellow]  ! {escape(_short(relative_text(ev.text, root), 300))}[/]")
+        elif not live:
+            return
+        elif ev.kind == "answer_delta":
+            write(ev.text)
+        elif ev.kind == "answer_draft":
+            state["draft"] += ev.text
+            write(ev.text, "dim")
+        elif ev.kind == "answer_replace":
+            draft, state["draft"] = state["draft"], ""
+            kept = bool((ev.args or {}).get("kept"))
+            if not ev.text:
+                console.print("\n[dim](not the final answer yet: a planned step runs first)[/]")
+            elif kept and ev.text.startswith(draft.strip()):
+                write(ev.text[len(draft.strip()):])
+            else:
+                console.print("\n[yellow](checked against the tool results: the draft above is replaced by)[/]")
+                write(ev.text)
+        elif ev.kind == "answer":
+            console.print()
+            on_event.streamed = True  # type: ignore[attr-defined]
 
+    on_event.streamed = False  # type: ignore[attr-defined]
     return on_event
 
 
@@ -103,9 +132,9 @@ def _turn_json(result: Any) -> dict[str, Any]:
     }
 
 
-def _print_answer(console: Any, result: Any, root: Any = None) -> None:
-    """The answer as readable text in a panel; files it does not already name follow once, relative to the
-    workspace (the answer writer names them, so usually nothing follows)."""
+def _print_answer(console: Any, result: Any, root: Any = None, printer: Any = None) -> None:
+    """The answer as readable text in a panel (unless `printer` already streamed it); files it does not already
+    name follow once, relative to the workspace (the answer writer names them, so usually nothing follows)."""
     from rich.panel import Panel
     from rich.text import Text
 
@@ -113,7 +142,11 @@ def _print_answer(console: Any, result: Any, root: Any = None) -> None:
 
     title = "declined" if result.declined else "answer"
     answer = relative_text(result.answer, root)
-    console.print(Panel(Text(answer), title=title, border_style="red" if result.declined else "blue"))
+    if getattr(printer, "streamed", False):
+        if result.declined:
+            console.print("[red](declined)[/]")
+    else:
+        console.print(Panel(Text(answer), title=title, border_style="red" if result.declined else "blue"))
     rel = list(dict.fromkeys(relative_path(f, root) for f in result.files))
     left = [f for f in rel if f not in answer]
     if left:
@@ -142,12 +175,12 @@ def register(app: typer.Typer) -> None:
         d = build_cli_deps(session=session, progress=RichProgress(console))
         llm = _backend(d, console)
         root = d.workspace.root
-        result = run_turn(d, llm, text, on_event=None if as_json else event_printer(console, root),
-                          router=_router_opt(no_router))
+        printer = None if as_json else event_printer(console, root, live=console.is_terminal)
+        result = run_turn(d, llm, text, on_event=printer, router=_router_opt(no_router))
         if as_json:
             print_json(_turn_json(result))
         else:
-            _print_answer(console, result, root)
+            _print_answer(console, result, root, printer)
 
     @app.command("chat")
     def chat(
@@ -193,12 +226,12 @@ def register(app: typer.Typer) -> None:
                 continue
             if not interactive and not as_json:
                 console.print(f"[bold green]you>[/] {line}")
-            result = run_turn(d, llm, line, on_event=None if as_json else event_printer(console, d.workspace.root),
-                              router=_router_opt(no_router))
+            printer = None if as_json else event_printer(console, d.workspace.root, live=console.is_terminal)
+            result = run_turn(d, llm, line, on_event=printer, router=_router_opt(no_router))
             if as_json:
                 typer.echo(json.dumps({"request": line, **_turn_json(result)}, default=str))
             else:
-                _print_answer(console, result, d.workspace.root)
+                _print_answer(console, result, d.workspace.root, printer)
 
     eval_app = _eval_group(app)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthehr.agent.llm import chat_format as cf
 from synthehr.agent.llm.common import GrammarError, Usage
-from synthehr.agent.llm.base import Message, cut_at_stop
+from synthehr.agent.llm.base import Message, cut_at_stop, cut_stream
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthehr.configs.settings import LLMSettings
@@ -148,16 +149,15 @@ class TransformersBackend:
         """Prompt tokens of `messages` as this backend renders them (for the prompt budget)."""
         return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
 
-    def generate(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
-                 grammar: str | None = None, temperature: float | None = None) -> str:
-        import torch
+    def _prepare(self, messages: list[Message], stop: list[str] | None, max_tokens: int | None,
+                 temperature: float | None) -> tuple[Any, int, Any, Any, list[str]]:
+        """(input ids, prompt tokens, generation config, stopping criteria, stop strings) of one generation."""
         from transformers import GenerationConfig, StoppingCriteriaList
 
         max_tokens = max_tokens or self.default_max_tokens
         temperature = self.default_temperature if temperature is None else temperature
         prompt = self.render(messages)
         stop = cf.merge_stops(stop, self.stop_markers)  # never run on into the next turn
-        usage = Usage()
         enc = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         input_ids = enc["input_ids"].to(self.model.device)
         n_prompt = int(input_ids.shape[1])
@@ -172,6 +172,11 @@ class TransformersBackend:
         criteria = StoppingCriteriaList()
         if stop:
             criteria.append(_StopStrings(self.tokenizer, n_prompt, list(stop)))
+        return input_ids, n_prompt, cfg, criteria, list(stop or [])
+
+    def _run(self, input_ids: Any, cfg: Any, criteria: Any, grammar: str | None, streamer: Any = None) -> Any:
+        import torch
+
         processors = []
         with self._lock:
             if grammar:
@@ -179,17 +184,54 @@ class TransformersBackend:
 
                 processors.append(LogitsProcessor(self._compiled(grammar)))
             with torch.inference_mode():
-                out = self.model.generate(
+                return self.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     generation_config=cfg,
                     stopping_criteria=criteria,
                     logits_processor=processors or None,
+                    **({"streamer": streamer} if streamer is not None else {}),
                 )
+
+    def generate(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
+                 grammar: str | None = None, temperature: float | None = None) -> str:
+        usage = Usage()
+        input_ids, n_prompt, cfg, criteria, stop = self._prepare(messages, stop, max_tokens, temperature)
+        out = self._run(input_ids, cfg, criteria, grammar)
         new = out[0, n_prompt:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         self.last_usage = usage.done(n_prompt, int(new.shape[0]))
         return cut_at_stop(text, stop)
+
+    def stream(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
+               grammar: str | None = None, temperature: float | None = None) -> Iterator[str]:
+        """What `generate` returns, sent on as the model writes it (transformers' TextIteratorStreamer; the
+        generation runs in a worker thread, under the same lock; cut at `stop`)."""
+        import threading
+
+        from transformers import TextIteratorStreamer
+
+        usage = Usage()
+        input_ids, n_prompt, cfg, criteria, stop = self._prepare(messages, stop, max_tokens, temperature)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failed: list[BaseException] = []
+        done: list[Any] = []
+
+        def work() -> None:
+            try:
+                done.append(self._run(input_ids, cfg, criteria, grammar, streamer))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                failed.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="synthehr-hf-stream", daemon=True)
+        worker.start()
+        yield from cut_stream(streamer, stop)
+        worker.join()
+        if failed:
+            raise failed[0]
+        if done:
+            self.last_usage = usage.done(n_prompt, int(done[0].shape[1]) - n_prompt)
 
     # ---- internals ------------------------------------------------------------------------------
     def _eos_ids(self) -> list[int]:

@@ -16,11 +16,12 @@ import hashlib
 import os
 import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from synthehr.agent.llm import chat_format as cf
 from synthehr.agent.llm.common import GrammarError, Usage
-from synthehr.agent.llm.base import Message, cut_at_stop
+from synthehr.agent.llm.base import Message, cut_at_stop, cut_stream
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthehr.configs.settings import LLMSettings
@@ -147,6 +148,39 @@ class LlamaCppBackend:
             self.last_usage.prompt_eval_s = perf.t_p_eval_ms / 1000
             self.last_usage.decode_s = perf.t_eval_ms / 1000
         return cut_at_stop(text, stop)
+
+    def stream(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
+               grammar: str | None = None, temperature: float | None = None) -> Iterator[str]:
+        """What `generate` returns, sent on as llama.cpp samples it (cut at `stop`; the same grammar)."""
+        max_tokens = max_tokens or self.default_max_tokens
+        temperature = self.default_temperature if temperature is None else temperature
+        prompt = self.render(messages)
+        stop = cf.merge_stops(stop, self.stop_markers)
+        usage = Usage()
+        n_out = 0
+        with self._lock:
+            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            room = self.llm.n_ctx() - len(tokens)
+            if room < 16:
+                raise ValueError(f"prompt of {len(tokens)} tokens does not fit the context window of {self.llm.n_ctx()}"
+                                 " (raise llm.n_ctx or shorten the conversation)")
+            if self._cache_state == "untried":
+                self._restore(tokens)
+            chunks = self.llm.create_completion(
+                prompt=tokens, max_tokens=min(max_tokens, room), temperature=temperature, top_p=1.0,
+                top_k=0 if temperature > 0 else 1, stop=list(stop) if stop else None,
+                grammar=self._grammar(grammar) if grammar else None, stream=True)
+
+            def texts() -> Iterator[str]:
+                nonlocal n_out
+                for chunk in chunks:
+                    n_out += 1
+                    yield chunk["choices"][0]["text"]
+
+            yield from cut_stream(texts(), stop)
+            if self._cache_state == "missed" or self._cache_state.startswith("restored-stale"):
+                self._save()
+        self.last_usage = usage.done(len(tokens), n_out)
 
     # ---- prompt cache ---------------------------------------------------------------------------
     def _restore(self, tokens: list[int]) -> None:

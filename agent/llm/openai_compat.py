@@ -22,12 +22,12 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from synthehr.agent.llm.common import Usage
-from synthehr.agent.llm.base import Message, cut_at_stop
+from synthehr.agent.llm.base import Message, cut_at_stop, cut_stream
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthehr.tools.base import ToolSpec
@@ -248,6 +248,68 @@ class OpenAIBackend:
         self.last_usage = usage.done(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
         self._learn_ratio(body, self.last_usage.prompt_tokens)
         return cut_at_stop(text, stop)
+
+    def stream(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
+               grammar: str | None = None, temperature: float | None = None) -> Iterator[str]:
+        """What `generate` returns, sent on as the server streams it (`"stream": true`, server-sent events;
+        cut at `stop` here as well, since servers differ in how they end on one)."""
+        body = self._body(messages, stop, max_tokens, temperature)
+        if grammar and self.supports_grammar:
+            _set_dotted(body, str(self.grammar_param), grammar)
+        body["stream"] = True
+        yield from cut_stream(self._stream_texts(body), stop)
+
+    def _stream_texts(self, body: dict[str, Any]) -> Iterator[str]:
+        with self._lock:
+            if self.transport == "openai":
+                import openai
+
+                if self._client is None:
+                    self._client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "not-needed",
+                                                 timeout=self.timeout_s, max_retries=0)
+                std = {k: body[k] for k in ("model", "messages", "max_tokens", "temperature", "stop") if k in body}
+                extra = {k: v for k, v in body.items() if k not in std and k != "stream"}
+                try:
+                    for chunk in self._client.chat.completions.create(**std, stream=True, extra_body=extra or None):
+                        if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                            yield chunk.choices[0].delta.content
+                except openai.APIConnectionError:
+                    raise _unavailable(f"cannot reach the LLM server at {self.base_url}: is it running? "
+                                       "check llm.base_url") from None
+                except openai.APIStatusError as exc:
+                    raise self._status_error(exc.status_code, exc.response.text if exc.response is not None
+                                             else str(exc)) from None
+                return
+            import httpx
+
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout_s)
+            try:
+                with self._client.stream("POST", self.base_url + "/chat/completions", json=body,
+                                         headers=self._headers()) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        raise self._status_error(r.status_code, r.text)
+                    for line in r.iter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            event = json.loads(data)
+                        except ValueError:
+                            continue
+                        choices = event.get("choices") or [{}]
+                        piece = ((choices[0] or {}).get("delta") or {}).get("content") or (choices[0] or {}).get("text")
+                        if piece:
+                            yield str(piece)
+            except httpx.TimeoutException:
+                raise _unavailable(f"the LLM server at {self.base_url} did not answer within {self.timeout_s:g} s "
+                                   "(raise llm.timeout_s or check the server)") from None
+            except httpx.HTTPError as exc:
+                raise _unavailable(f"cannot reach the LLM server at {self.base_url}: is it running? check "
+                                   f"llm.base_url ({type(exc).__name__})") from None
 
     def generate_tool_call(self, messages: list[Message], tools: list[dict[str, Any]], *,
                            tool_choice: str | dict[str, Any] = "auto", max_tokens: int | None = None,

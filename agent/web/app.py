@@ -9,8 +9,12 @@ or analytics fetched from anywhere). A turn is streamed to the page as newline-d
     {"type": "progress", "task", "label", "detail", "eta", "eta_s", "done", "total", "state"}
                           (label and detail in plain words, e.g. "pass over the records 4 of 10", "about 40 s left";
                            state start|run|finish|stopped; no training losses)
-    {"type": "delta", "text"}                                  (the answer as it is written, where the loop streams it:
-                                                                StepEvent(kind="answer_delta", text=chunk))
+    {"type": "delta", "text", "provisional"?}                  (the answer as it is written: StepEvent answer_delta; a
+                                                                capable model's unchecked wording (answer_draft) comes
+                                                                with provisional: true)
+    {"type": "answer_replace", "text", "kept"}                 (the checked answer replaces every delta so far: kept
+                                                                says whether the model's wording passed the verifier;
+                                                                an empty text withdraws a draft that was not final)
     {"type": "answer", "text", "steps", "datasets", "plots", "downloads", "citations", "files"}
     {"type": "cancelled", "text", "tool_started", "training_started"}   (Stop pressed, or the page went away)
     {"type": "error", "text"}
@@ -1170,6 +1174,21 @@ def cancelled_text(ctl: TurnControl) -> str:
     return "Stopped. The steps that had finished are shown above and kept; nothing further was started."
 
 
+def answer_stream_event(ev: Any, root_prefix: str = "") -> dict[str, Any] | None:
+    """The page's event for a piece of the answer as it is written (StepEvent kinds answer_delta, answer_draft,
+    answer_replace: see synthehr.agent.loop.StepEvent); None for any other kind. The `answer` event that
+    follows always carries the whole, checked answer."""
+    kind = _get(ev, "kind")
+    text = str(_get(ev, "text") or "").replace(root_prefix, "") if root_prefix else str(_get(ev, "text") or "")
+    if kind in ("answer_delta", "delta", "token"):
+        return {"type": "delta", "text": text}
+    if kind == "answer_draft":
+        return {"type": "delta", "text": text, "provisional": True}
+    if kind == "answer_replace":
+        return {"type": "answer_replace", "text": text, "kept": bool((_get(ev, "args") or {}).get("kept"))}
+    return None
+
+
 async def _turn_stream(state: WebState, ctl: TurnControl, text: str, request: Any = None) -> Any:
     """Run one agent turn in a worker thread and yield its events as NDJSON lines as they happen.
 
@@ -1192,8 +1211,9 @@ async def _turn_stream(state: WebState, ctl: TurnControl, text: str, request: An
         ctl.check()  # every step is a point where a stopped turn ends (before the next tool starts)
         if kind == "answer":
             return  # the final answer is sent once, with the turn's artifacts
-        if kind in ("answer_delta", "delta", "token"):  # a backend that streams the answer as it is written
-            emit({"type": "delta", "text": str(_get(ev, "text") or "")})
+        streamed = answer_stream_event(ev, root_prefix)
+        if streamed is not None:  # the answer as it is written
+            emit(streamed)
             return
         if kind == "thought":
             pending_thought[:] = [str(_get(ev, "text") or "")]

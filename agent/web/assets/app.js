@@ -265,13 +265,7 @@ class TurnView {
     if (ev.type === "start") { state.turn = ev.turn; this.statusText.textContent = "Reading your request…"; return; }
     if (ev.type === "status") { this.statusText.textContent = ev.text; return; }
     if (ev.type === "progress") { this.onProgress(ev); return; }
-    if (ev.type === "delta") {
-      if (!this.live) { this.live = el("div", { class: "answer streaming" }); this.body.insertBefore(this.live, this.status); }
-      this.live._text = (this.live._text || "") + ev.text;
-      this.live.replaceChildren(markdown(this.live._text));
-      scrollDown();
-      return;
-    }
+    if (ev.type === "delta" || ev.type === "answer_replace") { this.onAnswerPiece(ev); return; }
     if (ev.type === "step") {
       if (ev.kind === "thought") {
         if (ev.text) { this.pendingThought = ev.text; this.statusText.textContent = ev.text; }
@@ -292,6 +286,26 @@ class TurnView {
         this.statusText.textContent = this.open.length ? `${toolWords(this.open[this.open.length - 1].dataset.tool)}…` : "Writing the answer…";
       }
     }
+  }
+
+  // The answer as it is written. A capable model's unchecked wording is shown as provisional (dimmed, "checking…");
+  // answer_replace puts the checked answer in its place (an empty text withdraws a draft that was not final).
+  onAnswerPiece(ev) {
+    if (!this.live) {
+      this.live = el("div", { class: "answer streaming", "aria-live": "polite" });
+      this.body.insertBefore(this.live, this.status);
+    }
+    if (ev.type === "answer_replace") {
+      this.live._text = ev.text || "";
+      this.live.classList.remove("provisional");
+      if (ev.text && !ev.kept) this.replaced = true;
+    } else {
+      this.live._text = (this.live._text || "") + ev.text;
+      this.live.classList.toggle("provisional", !!ev.provisional);
+    }
+    this.live.replaceChildren(markdown(this.live._text));
+    this.statusText.textContent = this.live.classList.contains("provisional") ? "Checking the answer against the results…" : "Writing the answer…";
+    scrollDown();
   }
 
   onProgress(ev) {
@@ -332,6 +346,9 @@ class TurnView {
       this.body.append(el("div", { class: "answer cancelled", role: "status" }, markdown(ev.text)));
     } else {
       this.body.append(el("div", { class: "answer" }, markdown(ev.text ?? ev.answer ?? "")));
+      if (this.replaced) {
+        this.body.append(el("div", { class: "muted answer-note", text: "The model's own wording did not match the tool results, so this answer was written from the results instead." }));
+      }
       for (const ds of ev.datasets || []) this.body.append(datasetCard(ds));
       const plots = [...(ev.plots || [])];
       if (plots.length) {

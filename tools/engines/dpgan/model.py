@@ -67,7 +67,7 @@ class TrainedGenerator:
     def __init__(self, generator: Any, encoder: TableEncoder, cond_hist: np.ndarray, *, epsilon: float, delta: float,
                  target_epsilon: float, target_delta: float, accountant: str, charges: list[dict],
                  history: list[dict], hyperparameters: dict, seed: int, privacy_details: dict | None = None,
-                 manifest_extra: dict | None = None):
+                 manifest_extra: dict | None = None, released_marginals: dict | None = None):
         self.generator = generator
         self.encoder = encoder
         self.schema: SourceSchema = encoder.schema
@@ -84,6 +84,9 @@ class TrainedGenerator:
         self.seed = int(seed)
         self.privacy_details = dict(privacy_details or {})
         self.manifest_extra = dict(manifest_extra or {})
+        # The per-column DP tables by the first conditioning column, as released (post-processed counts; see
+        # train.released_tables): kept so that a cohort can be compared with the source at no privacy cost.
+        self.released_marginals = released_marginals
         # Re-derive deterministic columns (BMI, non-HDL, diabetes flag, ...) after sampling: see rules.py.
         self.consistency_rules = True
         self.generator.eval()
@@ -276,6 +279,7 @@ class TrainedGenerator:
                 "charges": self.charges,
                 **self.privacy_details,
             },
+            **({"released_marginals": self.released_marginals} if self.released_marginals else {}),
             "seed": self.seed,
             "history": self.history,
             "versions": library_versions(),
@@ -353,7 +357,8 @@ class TrainedGenerator:
         return cls(g, enc, hist, epsilon=pv["epsilon"], delta=pv["delta"], target_epsilon=pv["target_epsilon"],
                    target_delta=pv["target_delta"], accountant=pv["accountant"], charges=pv["charges"],
                    history=manifest.get("history", []), hyperparameters=hp, seed=manifest["seed"],
-                   privacy_details=details, manifest_extra=manifest.get("extra", {}))
+                   privacy_details=details, manifest_extra=manifest.get("extra", {}),
+                   released_marginals=manifest.get("released_marginals"))
 
 
 # Sampling runs the generator on large chunks; torch splits those matmuls over the batch rows, so each

@@ -98,8 +98,9 @@ def train_dpgan(
     # Gaussian tables spend a share of delta too (basic composition: the deltas add up to target_delta).
     delta_pre = target_delta * 0.5 if (with_tables and settings.marginal_mechanism == "gaussian") else 0.0
     delta_sgd = float(target_delta) - delta_pre
+    signal: list = []
     hist, marginals, eps_hist, sigma_tables = dp_tables(frame, enc, codes, eps_pre, rng, settings.marginal_bins,
-                                                        with_tables=with_tables, delta=delta_pre)
+                                                        with_tables=with_tables, delta=delta_pre, signal=signal)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="opacus")
         warnings.filterwarnings("ignore", message=".*(Full backward hook|Secure RNG|Optimal order).*")
@@ -149,7 +150,38 @@ def train_dpgan(
     return TrainedGenerator(result["generator"], enc, hist, epsilon=total, delta=float(target_delta),
                             target_epsilon=float(target_epsilon), target_delta=float(target_delta),
                             accountant=accountant, charges=charges, history=result["history"],
-                            hyperparameters=hp, seed=seed, privacy_details=details)
+                            hyperparameters=hp, seed=seed, privacy_details=details,
+                            released_marginals=released_tables(enc, marginals, settings.marginal_bins,
+                                                               charges[-2]["mechanism"] if len(charges) > 1 else "",
+                                                               signal))
+
+
+def released_tables(enc: TableEncoder, marginals: list, bins: int, mechanism: str,
+                    signal: list | None = None) -> dict | None:
+    """The per-column DP tables (`dp_tables`, already charged) in the form the model keeps: for each generated
+    column, its post-processed counts per value of the first conditioning column, over the public cells
+    (numeric: `bins` equal-width bins of the column's public range, then the missing cell where it has one).
+    Keeping and reading them again is post-processing: no record is touched and nothing is charged. `signal`
+    (from dp_tables) says per row how much of it rose above the noise: a reader compares only with rows that
+    describe their own label (synthehr.tools.engines.source_figures)."""
+    if not marginals:
+        return None
+    first = enc.cond_blocks[0] if enc.cond_blocks else None
+    columns: dict[str, dict] = {}
+    for i, (b, t) in enumerate(zip(enc.blocks, marginals)):
+        rows = np.asarray(t["label_rows"] if isinstance(t, dict) else t, dtype=float)
+        entry: dict = {"counts": [[round(float(v), 3) for v in r] for r in np.clip(rows, 0, None)]}
+        if signal is not None and i < len(signal):
+            entry["signal"] = list(signal[i])  # per row: share of its noisy total above the noise threshold
+        if b.kind == "numeric":
+            entry.update(kind="numeric", lower=float(b.lower), upper=float(b.upper), bins=max(int(bins), 1),
+                         has_missing=bool(b.has_missing))
+        else:
+            entry.update(kind="discrete", categories=[str(c) for c in b.categories])
+        columns[b.name] = entry
+    return {"by": first.name if first is not None else None,
+            "labels": [str(c) for c in first.categories] if first is not None else ["all"],
+            "mechanism": mechanism, "columns": columns}
 
 
 def _calibrated(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.ndarray, marginals: list, *,
@@ -175,9 +207,13 @@ def _calibrated(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
 
 def dp_tables(frame: pd.DataFrame, enc: TableEncoder, codes: np.ndarray, eps_pre: float,
               rng: np.random.Generator, bins: int, with_tables: bool = True,
-              delta: float = 0.0) -> tuple[np.ndarray, list, float, float]:
+              delta: float = 0.0, signal: list | None = None) -> tuple[np.ndarray, list, float, float]:
     """One epsilon_pre-DP Laplace release: the joint histogram of the conditioning columns and, for every
-    generated column, its marginal over public cells split by the first conditioning column."""
+    generated column, its marginal over public cells split by the first conditioning column.
+
+    `signal`, when a list, receives per table the share of each row's noisy total that lies in cells above
+    the denoising threshold (1: the released row is its own shape; 0: it borrowed the pooled shape), so that
+    a reader of the tables knows which rows describe their label (post-processing, free)."""
     sizes = enc.cond_sizes
     cells = int(np.prod(sizes)) if sizes else 1
     if cells > 100_000:
@@ -208,6 +244,9 @@ def dp_tables(frame: pd.DataFrame, enc: TableEncoder, codes: np.ndarray, eps_pre
     hist = hist.reshape(sizes or [1])
     out = []
     for b, t in zip(enc.blocks, noisy):
+        if signal is not None:
+            kept = np.where(t > 3.0 * scale, t, 0.0).sum(axis=1) if scale > 0 else np.clip(t, 0, None).sum(axis=1)
+            signal.append([round(float(k / max(tot, 1.0)), 4) for k, tot in zip(kept, np.clip(t.sum(axis=1), 0, None))])
         if b.kind == "numeric":
             # Numeric shapes: too noisy per label at small epsilon; pool the label rows (noise grows by
             # sqrt(rows) while counts grow by the number of rows) and keep per-label missingness.
