@@ -264,7 +264,7 @@ class TrainedGenerator:
                 "columns": self.conditions,
                 "sizes": list(self.cond_hist.shape),
                 "noisy_counts": [round(float(v), 3) for v in self.cond_hist.ravel()],
-                "mechanism": "laplace (epsilon-DP, L1 sensitivity 1, clipped at 0)",
+                "mechanism": "OpenDP discrete Gaussian (zCDP, L2 sensitivity 1), made consistent with the other DP tables",
             },
             "privacy": {
                 "epsilon": self.epsilon,
