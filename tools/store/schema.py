@@ -29,6 +29,9 @@ class Column(BaseModel):
     loinc: str | None = None
     missing_allowed: bool = True
     description: str = ""
+    # Measurement precision (public): generated values are rounded to a multiple of it, e.g. 0.1 for
+    # HbA1c %, 1 for blood pressure and lipids. None: full float precision (integer columns: 1).
+    precision: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> "Column":
@@ -70,6 +73,9 @@ class SourceMeta(BaseModel):
     description: str = ""
     # Knowledge document describing the source (knowledge/sources/<doc_id>.md), if any.
     doc_id: str | None = None
+    # The row count as published by the data's owner (public metadata): used for delta, batch sizing
+    # and bins without touching the data. None: the engine uses a DP estimate (charged).
+    n_public: int | None = Field(None, gt=0)
 
 
 class SourceSchema(BaseModel):

@@ -1,9 +1,8 @@
 """Private structure: AIM/MST-style selection and measurement of 2-way marginals, made consistent.
 
 What is released (all inside one zCDP budget rho, converted to (epsilon_pre, delta_pre) by OpenDP):
-  * the joint histogram of the conditioning columns (condition vectors are drawn from it);
-  * the mandatory workload: every generated column x the first conditioning column (the cohort
-    label); with no conditioning column, every generated column's 1-way marginal;
+  * the mandatory workload: every other column (generated or conditioning) x the first conditioning
+    column (the cohort label); with no conditioning column, every column's 1-way marginal;
   * `rounds` extra pairs (any two columns, generated or conditioning), each picked by the
     exponential mechanism (OpenDP noisy max) among the pairs not yet measured, with AIM's quality
     score  ||M(D) - M(estimate)||_1 - sqrt(2/pi) * sigma * cells  (sensitivity 1: the estimate is
@@ -11,22 +10,28 @@ What is released (all inside one zCDP budget rho, converted to (epsilon_pre, del
 Every table is measured with OpenDP's exact discrete Gaussian (L2 sensitivity 1 under add/remove one
 record). Noise and selection draw from OpenDP's secure RNG; nothing here uses the user's seed.
 
-Cells: discrete columns use their labels (+ missing); numeric columns use equal-width bins of the
-PUBLIC range (+ missing): `fine` bins in the tables with the label, `coarse` bins in the selected
-pairs (a coarse bin is `fine // coarse` adjacent fine bins, so the generator's fine softmax maps onto
-both).
+The joint distribution of the conditioning columns (condition vectors are drawn from it) is the
+maximum-entropy fit (iterative proportional fitting) to every measured table whose columns are all
+conditioning columns: post-processing, no extra cost, and far less noisy than measuring a joint
+histogram of hundreds of cells.
+
+Cells: discrete columns use their labels (+ missing); numeric columns use `fine` equal-width bins of
+the PUBLIC range (+ missing) in the tables with the label, and `coarse` groups of adjacent fine bins
+in the selected pairs. The groups are the quantiles of the column's DP fine margin (post-processing of
+the mandatory table, no extra cost), so coarse cells are not wasted on the empty tails of a wide
+public range; the generator's fine softmax maps onto both.
 
 Documented, data-independent rules (n = public row count, d = number of columns, eps = target):
   coarse bins  B = clip(round((n * eps) ** (1/3) / 2), 3, 8)
   fine bins    F = 4 * B
   rounds       T = min(#candidate pairs, d)    (candidate: a pair of <= max(64, n * eps / 20) cells)
-  rho split    10 % condition histogram, 45 % mandatory tables (equal shares),
-               45 % selected pairs: per round 10 % selection, 90 % measurement (AIM's measure_split).
+  rho split    50 % mandatory tables (equal shares), 50 % selected pairs: per round 10 % selection,
+               90 % measurement (AIM's measure_split); no pairs: all to the mandatory tables.
 Consistency ("own projection"; mbi 2.0.0 needs jax, kept out of the shared venv): each noisy table is
 made non-negative with its total kept (norm-sub); all tables are scaled to one total (inverse-variance
-mean of the tables' totals); a column's 1-way margin is taken from its mandatory table (or the
-condition histogram), and every other table containing it is fitted to those margins by iterative
-proportional fitting. All of this is post-processing.
+mean of the tables' totals); the label margin is the inverse-variance mean of all mandatory tables'
+label margins, a column's margin is taken from its (label-fitted) mandatory table, and every table is
+fitted to those margins by iterative proportional fitting. All of this is post-processing.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ import pandas as pd
 from synthehr.tools.engines.dpgan.encoding import Block, TableEncoder
 from synthehr.tools.engines.dpgan.privacy import (gaussian_rho, noisy_max_rho, norm_sub, secure_gaussian_counts,
                                                   secure_noisy_max)
+
+MAX_JOINT_CELLS = 100_000
 
 
 def coarse_bins(n: int, epsilon: float) -> int:
@@ -63,7 +70,8 @@ class Table:
     res: tuple[str, ...]
     counts: np.ndarray  # non-negative, consistent after `project`
     sigma: float
-    kind: str  # "condition" | "mandatory" | "selected"
+    kind: str  # "mandatory" | "selected"
+    clean: bool = False
 
     def describe(self) -> dict:
         """Public: the post-processed noisy counts (a DP release) and how they were measured."""
@@ -80,20 +88,29 @@ class Structure:
     bins_coarse: int = 3
     bins_fine: int = 12
     rounds: int = 0
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    cond_joint: np.ndarray | None = None
 
     def describe(self) -> dict:
         return {"rho": self.rho, "bins_coarse": self.bins_coarse, "bins_fine": self.bins_fine, "rounds": self.rounds,
+                "total": round(float(self.total), 2), "coarse_groups": self.groups,
                 "tables": [t.describe() for t in self.tables]}
 
 
 class CellCoder:
-    """Record -> cell index of a column at a resolution (public bins; no statistic of the data)."""
+    """Record -> cell index of a column at a resolution (public bins or DP-derived groups)."""
 
     def __init__(self, enc: TableEncoder, fine: int, coarse: int):
         self.enc = enc
         self.fine, self.coarse = fine, coarse
         self.blocks: dict[str, Block] = {b.name: b for b in enc.blocks}
         self.cond: dict[str, Block] = {b.name: b for b in enc.cond_blocks}
+        # numeric column -> coarse group of each fine bin (default: equal groups of adjacent bins)
+        self.groups: dict[str, np.ndarray] = {}
+
+    def group_of(self, col: str) -> np.ndarray:
+        g = self.groups.get(col)
+        return g if g is not None else np.arange(self.fine) // (self.fine // self.coarse)
 
     def size(self, col: str, res: str) -> int:
         if col in self.cond:
@@ -113,8 +130,27 @@ class CellCoder:
         fine = self.enc.marginal_codes(frame, b, self.fine)  # fine bins, missing -> self.fine
         if res == "fine":
             return fine
-        per = self.fine // self.coarse
-        return np.where(fine == self.fine, self.coarse, fine // per)
+        g = self.group_of(col)
+        return np.where(fine == self.fine, self.coarse, g[np.minimum(fine, self.fine - 1)])
+
+    def torch_mats(self) -> dict:
+        """Cached torch versions of `coarsen_matrix` for every numeric column."""
+        import torch
+
+        if getattr(self, "_mats", None) is None:
+            self._mats = {name: torch.from_numpy(self.coarsen_matrix(name)) for name, b in self.blocks.items()
+                          if b.kind == "numeric"}
+        return self._mats
+
+    def coarsen_matrix(self, col: str) -> np.ndarray:
+        """(fine cells) x (coarse cells) 0/1 matrix (missing cell maps to missing cell)."""
+        b = self.blocks[col]
+        g = self.group_of(col)
+        m = np.zeros((self.size(col, "fine"), self.size(col, "coarse")), dtype=np.float32)
+        m[np.arange(self.fine), g] = 1.0
+        if b.has_missing:
+            m[self.fine, self.coarse] = 1.0
+        return m
 
 
 def _count(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
@@ -122,14 +158,19 @@ def _count(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
     return np.bincount(flat, minlength=int(np.prod(sizes))).reshape(sizes).astype(float)
 
 
-def _coarsen(margin: np.ndarray, coder: CellCoder, col: str, src: str, dst: str) -> np.ndarray:
-    """A 1-way margin from resolution src to dst (fine -> coarse sums adjacent bins)."""
+def _convert(margin: np.ndarray, coder: CellCoder, col: str, src: str, dst: str) -> np.ndarray:
+    """A 1-way margin from resolution src to dst (fine -> coarse sums the groups)."""
     if src == dst or col in coder.cond or coder.blocks[col].kind == "discrete":
         return margin
-    per = coder.fine // coder.coarse
-    b = coder.blocks[col]
-    vals = margin[: coder.fine].reshape(coder.coarse, per).sum(axis=1)
-    return np.concatenate([vals, margin[coder.fine:]]) if b.has_missing else vals
+    return margin @ coder.coarsen_matrix(col)
+
+
+def quantile_groups(fine_margin: np.ndarray, fine: int, coarse: int) -> np.ndarray:
+    """Group id of each fine bin: contiguous groups holding ~1/coarse of the (DP) mass each."""
+    m = np.clip(np.asarray(fine_margin[:fine], dtype=float), 0, None) + 1e-9
+    cdf = np.cumsum(m) / m.sum()
+    mid = cdf - m / m.sum() / 2
+    return np.minimum((mid * coarse).astype(int), coarse - 1)
 
 
 def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_public: float, epsilon: float,
@@ -143,23 +184,25 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
     label = conds[0] if conds else None
     st = Structure(bins_coarse=B, bins_fine=F)
     if rho <= 0:
+        st.cond_joint = np.ones(enc.cond_sizes or [1])
         return st, coder
     spent = 0.0
-    mandatory = [((c, label), ("fine", "cond")) for c in gen_cols] if label else [((c,), ("fine",)) for c in gen_cols]
+    others = [c for c in all_cols if c != label]
+    mandatory = ([((c, label), ("cond" if c in conds else "fine", "cond")) for c in others] if label
+                 else [((c,), ("fine",)) for c in gen_cols])
+    if label and not others:
+        mandatory = [((label,), ("cond",))]
     candidates = []
     for a, b in itertools.combinations(all_cols, 2):
-        if label and label in (a, b) and (a in gen_cols or b in gen_cols):
+        if label in (a, b):
             continue  # already in the mandatory workload
-        if a in conds and b in conds:
-            continue  # inside the condition histogram
         res = tuple("cond" if c in conds else "coarse" for c in (a, b))
         if coder.size(a, res[0]) * coder.size(b, res[1]) <= max_pair_cells(int(n_public), epsilon):
             candidates.append(((a, b), res))
     rounds = min(len(candidates), len(all_cols))
     st.rounds = rounds
-    rho_cond = (0.1 * rho if (mandatory or rounds) else rho) if conds else 0.0
-    rho_mand = (0.45 * rho if rounds else rho - rho_cond) if mandatory else 0.0
-    rho_sel = rho - rho_cond - rho_mand if rounds else 0.0
+    rho_mand = 0.5 * rho if rounds else rho
+    rho_sel = rho - rho_mand
 
     def measure(cols: tuple[str, ...], res: tuple[str, ...], r: float, kind: str) -> float:
         sigma = 1.0 / math.sqrt(2.0 * r)
@@ -167,32 +210,39 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
         st.tables.append(Table(cols, res, secure_gaussian_counts(true, sigma), sigma, kind))
         return gaussian_rho(sigma)
 
-    if conds:
-        spent += measure(tuple(conds), tuple("cond" for _ in conds), rho_cond, "condition")
     for cols, res in mandatory:
         spent += measure(cols, res, rho_mand / len(mandatory), "mandatory")
+    _project(st, coder)
+    # Coarse groups from the DP fine margins (post-processing).
+    for t in st.tables:
+        if t.kind == "mandatory" and t.res[0] == "fine" and coder.blocks[t.cols[0]].kind == "numeric":
+            m = t.counts if t.counts.ndim == 1 else t.counts.sum(axis=1)
+            coder.groups[t.cols[0]] = quantile_groups(m, F, B)
+    st.groups = {k: [int(x) for x in v] for k, v in coder.groups.items()}
     if rounds:
         per_round = rho_sel / rounds
         r_select, r_measure = 0.1 * per_round, 0.9 * per_round
         scale = 1.0 / math.sqrt(2.0 * r_select)  # noisy max: rho = 1 / (2 scale^2) at sensitivity 1
         sigma_m = 1.0 / math.sqrt(2.0 * r_measure)
         left = list(candidates)
+        truths = {cr: _count([coder.codes(frame, c, z) for c, z in zip(*cr)], [coder.size(c, z) for c, z in zip(*cr)])
+                  for cr in left}
         for _ in range(rounds):
-            _project(st, coder)
             scores = []
-            for cols, res in left:
-                est = _estimate(st, coder, cols, res)
-                true = _count([coder.codes(frame, c, z) for c, z in zip(cols, res)],
-                              [coder.size(c, z) for c, z in zip(cols, res)])
+            for cr in left:
+                est = _estimate(st, coder, *cr)
+                true = truths[cr]
                 scores.append(float(np.abs(true - est).sum()) - math.sqrt(2 / math.pi) * sigma_m * true.size)
             pick = secure_noisy_max(np.asarray(scores), scale)
             spent += noisy_max_rho(scale)
             cols, res = left.pop(pick)
             spent += measure(cols, res, r_measure, "selected")
+            _project(st, coder)
     if spent > rho * (1 + 1e-9):
         raise RuntimeError(f"structure measurements spent rho {spent} > budget {rho}")
     st.rho = spent
     _project(st, coder)
+    st.cond_joint = condition_joint(st, coder)
     return st, coder
 
 
@@ -200,17 +250,39 @@ def _margin(t: Table, axis: int) -> np.ndarray:
     return t.counts.sum(axis=tuple(k for k in range(t.counts.ndim) if k != axis))
 
 
-def _reference_margins(st: Structure, coder: CellCoder) -> dict[str, tuple[str, np.ndarray]]:
-    """column -> (resolution, 1-way counts) from its mandatory table / the condition histogram."""
-    ref: dict[str, tuple[str, np.ndarray]] = {}
+def _label_margin(st: Structure) -> np.ndarray | None:
+    """Inverse-variance mean of the label margins of all mandatory label tables."""
+    ms, ws = [], []
     for t in st.tables:
-        if t.kind == "condition":
-            for k, c in enumerate(t.cols):
-                ref[c] = ("cond", _margin(t, k))
+        if t.kind == "mandatory" and t.res[-1] == "cond" and t.counts.ndim == 2:
+            ms.append(_margin(t, 1))
+            ws.append(1.0 / (t.sigma**2 * t.counts.shape[0]))
+    if not ms:
+        return None
+    w = np.asarray(ws)
+    return (np.stack(ms) * w[:, None]).sum(0) / w.sum()
+
+
+def _reference_margins(st: Structure, coder: CellCoder) -> dict[str, tuple[str, np.ndarray]]:
+    """column -> (resolution, 1-way counts): the label's consensus margin, others from their mandatory table."""
+    ref: dict[str, tuple[str, np.ndarray]] = {}
+    lab = _label_margin(st)
     for t in st.tables:
         if t.kind == "mandatory":
             ref.setdefault(t.cols[0], (t.res[0], _margin(t, 0)))
+            if lab is not None and len(t.cols) == 2:
+                ref[t.cols[1]] = ("cond", lab)
     return ref
+
+
+def _ipf(t: Table, targets: list[tuple[int, np.ndarray]], iters: int) -> None:
+    for _ in range(iters if targets else 0):
+        for k, m in targets:
+            cur = _margin(t, k)
+            ratio = np.where(cur > 0, m / np.maximum(cur, 1e-12), 0.0)
+            shape = [1] * t.counts.ndim
+            shape[k] = -1
+            t.counts = t.counts * ratio.reshape(shape)
 
 
 def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
@@ -218,9 +290,9 @@ def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
     if not st.tables:
         return
     for t in st.tables:
-        if not getattr(t, "_clean", False):
+        if not t.clean:
             t.counts = norm_sub(t.counts)
-            t._clean = True  # type: ignore[attr-defined]
+            t.clean = True
     w = np.array([1.0 / (t.sigma**2 * t.counts.size) for t in st.tables])
     tot = np.array([t.counts.sum() for t in st.tables])
     total = float(max((w * tot).sum() / w.sum(), 1.0))
@@ -228,70 +300,70 @@ def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
     for t in st.tables:
         s = t.counts.sum()
         t.counts = t.counts * (total / s) if s > 0 else np.full(t.counts.shape, total / t.counts.size)
+    lab = _label_margin(st)
+    if lab is not None:
+        lab = lab * (total / max(lab.sum(), 1e-12))
+        for t in st.tables:
+            if t.kind == "mandatory" and t.counts.ndim == 2:
+                _ipf(t, [(1, lab)], 1)
     ref = _reference_margins(st, coder)
-    # The label margin of the mandatory tables must agree with the condition histogram's.
     for t in st.tables:
-        if t.kind == "condition":
+        if t.kind == "mandatory":
             continue
         targets = []
         for k, (c, z) in enumerate(zip(t.cols, t.res)):
-            if c in ref and not (t.kind == "mandatory" and k == 0):
+            if c in ref:
                 rz, m = ref[c]
-                targets.append((k, _coarsen(m, coder, c, rz, z) if rz != "cond" else m))
-        for _ in range(iters if targets else 0):
-            for k, m in targets:
-                cur = _margin(t, k)
-                ratio = np.where(cur > 0, m / np.maximum(cur, 1e-12), 0.0)
-                shape = [1] * t.counts.ndim
-                shape[k] = -1
-                t.counts = t.counts * ratio.reshape(shape)
+                targets.append((k, _convert(m, coder, c, rz, z)))
+        _ipf(t, targets, iters)
+
+
+def condition_joint(st: Structure, coder: CellCoder, iters: int = 50) -> np.ndarray:
+    """Max-entropy joint of the conditioning columns fitted to every table inside them (post-processing)."""
+    conds = list(coder.cond)
+    sizes = [coder.cond[c].width for c in conds]
+    if not conds:
+        return np.full([1], max(st.total, 1.0))
+    if int(np.prod(sizes)) > MAX_JOINT_CELLS:
+        raise ValueError(f"the conditioning columns have {int(np.prod(sizes))} joint cells; condition on fewer columns")
+    joint = np.full(sizes, max(st.total, 1.0) / float(np.prod(sizes)))
+    inside = [t for t in st.tables if all(c in coder.cond for c in t.cols)]
+    for _ in range(iters if inside else 0):
+        for t in inside:
+            axes = [conds.index(c) for c in t.cols]
+            cur = joint.sum(axis=tuple(k for k in range(joint.ndim) if k not in axes))
+            order = np.argsort(axes)  # cur's axes are in increasing joint-axis order
+            tgt = np.transpose(t.counts, order)
+            ratio = np.where(cur > 0, tgt / np.maximum(cur, 1e-12), 0.0)
+            shape = [sizes[k] if k in axes else 1 for k in range(joint.ndim)]
+            joint = joint * ratio.reshape(shape)
+    return joint
 
 
 def _estimate(st: Structure, coder: CellCoder, cols: tuple[str, ...], res: tuple[str, ...]) -> np.ndarray:
     """A data-free estimate of a pair's counts from the released tables: conditional independence given
     the label (product of P(col | label) from the mandatory tables), else independence of 1-way margins."""
-    ref = _reference_margins(st, coder)
     total = st.total or 1.0
     mand = {t.cols[0]: t for t in st.tables if t.kind == "mandatory" and len(t.cols) == 2}
-    sizes = [coder.size(c, z) for c, z in zip(cols, res)]
-    cond_t = next((t for t in st.tables if t.kind == "condition"), None)
-
-    def cond_given_label(c: str, z: str) -> np.ndarray | None:  # (labels, cells) P(c | label)
-        if c in mand:
-            t = mand[c]
-            m = np.stack([_coarsen(t.counts[:, j], coder, c, "fine", z) for j in range(t.counts.shape[1])], axis=0)
-            return m / np.maximum(m.sum(axis=1, keepdims=True), 1e-12)
-        if cond_t is not None and c in cond_t.cols and cond_t.cols[0] != c:
-            k = cond_t.cols.index(c)
-            joint = cond_t.counts.sum(axis=tuple(i for i in range(cond_t.counts.ndim) if i not in (0, k)))
-            return joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-12)
-        return None
-
-    if cond_t is not None and mand:
-        lab = _margin(cond_t, 0)
+    if mand and all(c in mand for c in cols):
+        lab = _label_margin(st)
         lab = lab / max(lab.sum(), 1e-12)
         parts = []
         for c, z in zip(cols, res):
-            if c == cond_t.cols[0]:
-                parts.append(np.eye(len(lab)))
-            else:
-                p = cond_given_label(c, z)
-                if p is None:
-                    break
-                parts.append(p)
-        else:
-            est = np.einsum("l,la,lb->ab", lab, parts[0], parts[1]) if len(parts) == 2 else None
-            if est is not None:
-                return est * total
+            t = mand[c]
+            m = np.stack([_convert(t.counts[:, j], coder, c, t.res[0], z) for j in range(t.counts.shape[1])], axis=0)
+            parts.append(m / np.maximum(m.sum(axis=1, keepdims=True), 1e-12))
+        return np.einsum("l,la,lb->ab", lab, parts[0], parts[1]) * total
+    ref = _reference_margins(st, coder)
     margins = []
     for c, z in zip(cols, res):
         if c in ref:
             rz, m = ref[c]
-            m = _coarsen(m, coder, c, rz, z) if rz != "cond" else m
+            m = _convert(m, coder, c, rz, z)
         else:
             m = np.ones(coder.size(c, z))
         margins.append(m / max(m.sum(), 1e-12))
     est = margins[0]
     for m in margins[1:]:
         est = np.multiply.outer(est, m)
-    return est.reshape(sizes) * total
+    return est * total

@@ -110,8 +110,7 @@ def train_dpgan(
     struct, coder = measure_structure(frame, structure_enc, rho=rho, n_public=n_rule, epsilon=target_epsilon)
     eps_pre_spent = min(zcdp_to_epsilon(struct.rho, delta_pre), eps_pre) if struct.rho > 0 else 0.0
     n_est = float(n_public) if n_public else max(float(struct.total), 10.0)
-    cond_table = next((t for t in struct.tables if t.kind == "condition"), None)
-    hist = cond_table.counts if cond_table is not None else np.ones(enc.cond_sizes or [1])
+    hist = struct.cond_joint if struct.cond_joint is not None else np.ones(enc.cond_sizes or [1])
     x_np, c_np = enc.encode(frame)
 
     epochs = int(epochs or settings.epochs)
@@ -135,8 +134,8 @@ def train_dpgan(
     n_mand = sum(t.kind == "mandatory" for t in struct.tables)
     charges = [{
         "mechanism": "opendp-zcdp-marginals",
-        "what": (f"joint histogram of the conditioning columns ({', '.join(conditions) or 'none'}), {n_mand} "
-                 f"column x {conditions[0] if conditions else 'nothing'} tables and {n_sel} pairs chosen by the "
+        "what": (f"{n_mand} column x {conditions[0] if conditions else 'nothing'} tables (the joint of the "
+                 f"conditioning columns {', '.join(conditions) or 'none'} is fitted to them) and {n_sel} pairs chosen by the "
                  f"exponential mechanism (OpenDP discrete Gaussian + noisy max, rho {struct.rho:.4g}, "
                  f"zCDP -> approx-DP by OpenDP)"),
         "epsilon": eps_pre_spent, "delta": delta_pre,
@@ -197,8 +196,9 @@ def gem_targets(struct: Any, coder: Any, enc: TableEncoder) -> list[tuple]:
     import torch
 
     out = []
+    conds = {b.name for b in enc.cond_blocks}
     for t in struct.tables:
-        if t.kind == "condition":
+        if all(c in conds for c in t.cols):
             continue
         p = t.counts / max(float(t.counts.sum()), 1e-12)
         out.append((t.cols, t.res, torch.from_numpy(p.astype(np.float32))))
@@ -212,6 +212,7 @@ def column_probs(raw: Any, c: Any, enc: TableEncoder, coder: Any) -> dict[tuple[
     from synthehr.tools.engines.dpgan.networks import cell_probs
 
     out: dict[tuple[str, str], Any] = {}
+    mats = coder.torch_mats()
     for b in enc.cond_blocks:
         out[(b.name, "cond")] = c[:, b.start : b.start + b.width]
     for b, p in zip(enc.blocks, cell_probs(raw, enc)):
@@ -219,9 +220,7 @@ def column_probs(raw: Any, c: Any, enc: TableEncoder, coder: Any) -> dict[tuple[
             out[(b.name, "fine")] = out[(b.name, "coarse")] = p
             continue
         out[(b.name, "fine")] = p
-        per = coder.fine // coder.coarse
-        vals = p[:, : coder.fine].reshape(p.shape[0], coder.coarse, per).sum(2)
-        out[(b.name, "coarse")] = torch.cat([vals, p[:, coder.fine :]], 1) if b.has_missing else vals
+        out[(b.name, "coarse")] = p @ mats[b.name]
     return out
 
 
