@@ -63,7 +63,7 @@ def targets(real: dict, syn: dict) -> dict[str, bool]:
 
 
 def run(epsilon: float, seed: int, epochs: int | None = None) -> dict:
-    from synthehr.configs.settings import TrainingSettings
+    from synthehr.configs.settings import Settings, TrainingSettings
     from synthehr.tools.engines.dpgan import default_delta, train_dpgan
     from synthehr.tools.store.sources import nhanes
 
@@ -72,7 +72,7 @@ def run(epsilon: float, seed: int, epochs: int | None = None) -> dict:
     t0 = time.perf_counter()
     settings = TrainingSettings(threads=1, **({"epochs": epochs} if epochs else {}))
     model = train_dpgan(frame, nhanes.SCHEMA, target_epsilon=epsilon, target_delta=default_delta(len(frame)),
-                        conditions=conds, seed=seed, settings=settings, preprocessing_share=0.5,
+                        conditions=conds, seed=seed, settings=settings, preprocessing_share=Settings().privacy.preprocessing_share,
                         n_public=nhanes.META.n_public or len(frame))
     train_s = time.perf_counter() - t0
     syn = model.sample(2000, seed=seed, fixed={"diabetes": 1})

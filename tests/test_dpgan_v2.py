@@ -98,3 +98,49 @@ def test_noisy_tables_are_secure_and_not_seed_driven() -> None:
     a, b = secure_gaussian_counts(counts, 3.0), secure_gaussian_counts(counts, 3.0)
     assert not np.array_equal(a, b) and np.allclose(a, np.rint(a))  # exact discrete Gaussian: integers
     assert 1.5 < float(np.std(np.concatenate([a, b]) - np.concatenate([counts, counts]))) < 6.0
+
+
+# ---- precision and coherence ----------------------------------------------------------------
+def test_generated_values_are_rounded_to_declared_precision(model: TrainedGenerator) -> None:
+    s = model.sample(500, seed=3)
+    for col, p in (("bmi_kg_m2", 0.1), ("hba1c_pct", 0.1), ("sbp_mmhg", 1.0)):
+        x = pd.to_numeric(s[col], errors="coerce").dropna().to_numpy(float)
+        assert len(x) and np.allclose(x / p, np.round(x / p), atol=1e-6), col
+        c = FIXTURE_SCHEMA.column(col)
+        assert x.min() >= c.lower and x.max() <= c.upper
+    assert pd.to_numeric(s["hba1c_pct"]).dropna().map(lambda v: len(repr(v))).max() <= 5  # no 15-digit floats
+
+
+def test_round_to_precision_respects_bounds_and_missing() -> None:
+    from synthehr.tools.engines.dpgan.rules import round_to_precision
+    from synthehr.tools.store.schema import Column, ColumnType, SourceSchema
+
+    schema = SourceSchema(meta=FIXTURE_SCHEMA.meta, columns=[
+        Column(name="a1c", type=ColumnType.continuous, lower=3.05, upper=16, precision=0.1),
+        Column(name="chol", type=ColumnType.continuous, lower=50, upper=600, precision=1)])
+    f = pd.DataFrame({"a1c": [3.051, 7.26, np.nan, 15.99], "chol": [199.6, 50.2, 600.0, np.nan]})
+    out = round_to_precision(f, schema)
+    assert out["a1c"].tolist()[:2] == [3.1, 7.3] and np.isnan(out["a1c"][2]) and out["a1c"][3] == 16.0
+    assert out["chol"].tolist()[:3] == [200.0, 50.0, 600.0] and np.isnan(out["chol"][3])
+
+
+def test_coherence_rules_duration_and_presence() -> None:
+    from synthehr.tools.engines.dpgan.rules import apply_rules, presence_overrides
+    from synthehr.tools.store.sources.nhanes import SCHEMA
+
+    miss = presence_overrides(SCHEMA, np.array([1.0, 0.0, np.nan]))["diabetes_age_at_diagnosis"]
+    assert miss.tolist() == [False, True, True]  # present exactly when diagnosed
+    names = [c.name for c in SCHEMA.columns]
+    f = pd.DataFrame({c: pd.Series([np.nan] * 3, dtype=float) for c in names})
+    f["age_years"] = [60.0, 30.0, 50.0]
+    f["diabetes_diagnosed"] = [1.0, 1.0, 0.0]
+    f["diabetes_age_at_diagnosis"] = [70.0, 5.0, 40.0]
+    f["hba1c_pct"] = [7.0, 8.0, 5.0]
+    f["insulin_now"] = [1.0, 0.0, 1.0]
+    out = apply_rules(f, SCHEMA)
+    at = pd.to_numeric(out["diabetes_age_at_diagnosis"]).to_numpy(float)
+    dur = pd.to_numeric(out["diabetes_duration_years"]).to_numpy(float)
+    age = np.array([60.0, 30.0, 50.0])
+    assert at[0] == 60 and at[1] == 18 and np.isnan(at[2])  # <= age, >= 18, absent without diagnosis
+    assert (dur[:2] <= age[:2] - 18).all() and np.isnan(dur[2])
+    assert int(out["insulin_now"][2]) == 0  # no insulin without a diagnosis

@@ -25,7 +25,7 @@ import pandas as pd
 from synthehr.errors import ToolInputError
 from synthehr.tools.engines.dpgan.cohort import Filter, Predicate, Stratum, allocate, cross_strata, parse_filters, parse_proportions
 from synthehr.tools.engines.dpgan.encoding import MISSING, TableEncoder, label_index
-from synthehr.tools.engines.dpgan.rules import apply_rules
+from synthehr.tools.engines.dpgan.rules import apply_rules, presence_overrides, round_to_precision
 from synthehr.tools.store.schema import SourceSchema
 from synthehr.tools.store.workspace import atomic_write_bytes, atomic_write_text
 
@@ -249,8 +249,30 @@ class TrainedGenerator:
                     for k, v in part.items():
                         store.setdefault(k, []).append(v)
         cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
-        frame = enc.decode(cat(numeric), cat(missing), cat(discrete), cond_codes)
-        return apply_rules(frame, self.schema) if self.consistency_rules else frame
+        numeric, missing, discrete = cat(numeric), cat(missing), cat(discrete)
+        if self.consistency_rules:
+            missing.update({k: v for k, v in presence_overrides(self.schema, self._diagnosed(discrete, cond_codes)).items()
+                            if k in missing})
+        frame = enc.decode(numeric, missing, discrete, cond_codes)
+        if self.consistency_rules:
+            frame = apply_rules(frame, self.schema)
+        return round_to_precision(frame, self.schema)
+
+    def _diagnosed(self, discrete: dict, cond_codes: np.ndarray) -> np.ndarray | None:
+        """The generated 0/1 diagnosis flag per record (NaN when missing), or None without that column."""
+        name = "diabetes_diagnosed"
+        enc = self.encoder
+        for j, b in enumerate(enc.cond_blocks):
+            if b.name == name:
+                codes = cond_codes[:, j]
+                break
+        else:
+            b = next((b for b in enc.blocks if b.name == name), None)
+            if b is None or name not in discrete:
+                return None
+            codes = discrete[name]
+        labels = np.array([1.0 if lab == "1" else (0.0 if lab == "0" else np.nan) for lab in b.categories])
+        return labels[codes] if len(codes) else np.zeros(0)
 
     # ---- persistence ---------------------------------------------------------------------
     def manifest(self, extra: dict | None = None) -> dict:

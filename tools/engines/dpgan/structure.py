@@ -31,7 +31,8 @@ Consistency ("own projection"; mbi 2.0.0 needs jax, kept out of the shared venv)
 made non-negative with its total kept (norm-sub); all tables are scaled to one total (inverse-variance
 mean of the tables' totals); the label margin is the inverse-variance mean of all mandatory tables'
 label margins, a column's margin is taken from its (label-fitted) mandatory table, and every table is
-fitted to those margins by iterative proportional fitting. All of this is post-processing.
+fitted to those margins by iterative proportional fitting. Before that, a numeric column's fine bins
+are smoothed with a [1, 2, 1] / 4 kernel (see `smooth_fine`). All of this is post-processing.
 """
 
 from __future__ import annotations
@@ -285,12 +286,27 @@ def _ipf(t: Table, targets: list[tuple[int, np.ndarray]], iters: int) -> None:
             t.counts = t.counts * ratio.reshape(shape)
 
 
+def smooth_fine(counts: np.ndarray, axis: int, fine: int) -> np.ndarray:
+    """Post-processing of a noisy table along a numeric column's fine-bin axis: a [1, 2, 1] / 4 kernel
+    over adjacent bins (edges reflected; the missing cell untouched). Noise variance drops to 3/8 while
+    a smooth distribution barely moves."""
+    x = np.moveaxis(np.asarray(counts, dtype=float), axis, 0).copy()
+    v = x[:fine]
+    left = np.concatenate([v[:1], v[:-1]], axis=0)
+    right = np.concatenate([v[1:], v[-1:]], axis=0)
+    x[:fine] = 0.5 * v + 0.25 * left + 0.25 * right
+    return np.moveaxis(x, 0, axis)
+
+
 def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
     """Non-negative tables with one total and shared 1-way margins (post-processing, in place)."""
     if not st.tables:
         return
     for t in st.tables:
         if not t.clean:
+            for k, (c, z) in enumerate(zip(t.cols, t.res)):
+                if z == "fine" and c in coder.blocks and coder.blocks[c].kind == "numeric":
+                    t.counts = smooth_fine(t.counts, k, coder.fine)
             t.counts = norm_sub(t.counts)
             t.clean = True
     w = np.array([1.0 / (t.sigma**2 * t.counts.size) for t in st.tables])

@@ -53,6 +53,7 @@ from synthehr.tools.store.schema import SourceSchema
 # Weight of the marginal-matching (L1, probabilities) loss against the adversarial loss in the
 # adversarial phase, times settings.marginal_weight. A fixed constant, not tuned per data set.
 GEM_WEIGHT = 5.0
+PRETRAIN_LR = 1e-3
 
 
 class PrivacyOverrun(RuntimeError):
@@ -296,12 +297,14 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
         pre_losses: list[float] = []
         if lam > 0 and targets:
             # Fit the DP tables first (free: no real record is touched), then refine adversarially.
+            # A separate optimiser at GEM's learning rate (1e-3); its state is dropped afterwards.
+            opt_pre = torch.optim.Adam(gen_nn.parameters(), lr=PRETRAIN_LR)
             for _ in range(settings.marginal_pretrain_steps):
-                opt_g.zero_grad(set_to_none=True)
+                opt_pre.zero_grad(set_to_none=True)
                 _, fc, raw = fake_batch(1024, with_raw=True)
                 loss = gem_loss(targets, column_probs(raw, fc, enc, coder))
                 loss.backward()
-                opt_g.step()
+                opt_pre.step()
                 pre_losses.append(float(loss.detach()))
         steps = 0
         progress.start("training DP-GAN", total=epochs)
