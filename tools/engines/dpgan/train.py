@@ -104,12 +104,14 @@ def train_dpgan(
     n_rule = int(n_public) if n_public else 1000
     bins = int(settings.numeric_bins) or fine_bins(n_rule, target_epsilon)
     enc = TableEncoder(schema, list(conditions), bins)
+    t_struct = time.perf_counter()
     rho = rho_for_epsilon(eps_pre, delta_pre) if eps_pre > 0 else 0.0
     structure_enc = enc if settings.marginal_weight > 0 else TableEncoder(schema, list(conditions), bins)
     if settings.marginal_weight <= 0:
         structure_enc.blocks = []  # only the condition histogram is measured
     struct, coder = measure_structure(frame, structure_enc, rho=rho, n_public=n_rule, epsilon=target_epsilon)
     eps_pre_spent = min(zcdp_to_epsilon(struct.rho, delta_pre), eps_pre) if struct.rho > 0 else 0.0
+    t_struct = time.perf_counter() - t_struct
     n_est = float(n_public) if n_public else max(float(struct.total), 10.0)
     hist = struct.cond_joint if struct.cond_joint is not None else np.ones(enc.cond_sizes or [1])
     x_np, c_np = enc.encode(frame)
@@ -161,6 +163,7 @@ def train_dpgan(
         "epsilon_dp_sgd": spent, "epsilon_dp_sgd_share": eps_sgd,
         "noise_multiplier": result["sigma"], "sample_rate": result["sample_rate"], "steps": result["steps"],
         "neighbouring": "add/remove one record", "seconds": result["seconds"],
+        "seconds_structure": round(t_struct, 3), "seconds_pretrain": result["seconds_pretrain"],
         "randomness": ("privacy noise and Poisson sampling from secure sources (OpenDP CSPRNG; torch generators "
                        "seeded from os.urandom); the seed reproduces sampling from this model, never its training"),
     }
@@ -295,6 +298,7 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
         lam = float(settings.marginal_weight) * GEM_WEIGHT
         history: list[dict[str, Any]] = []
         pre_losses: list[float] = []
+        t_pre = time.perf_counter()
         if lam > 0 and targets:
             # Fit the DP tables first (free: no real record is touched), then refine adversarially.
             # A separate optimiser at GEM's learning rate (1e-3); its state is dropped afterwards.
@@ -306,6 +310,7 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
                 loss.backward()
                 opt_pre.step()
                 pre_losses.append(float(loss.detach()))
+        t_pre = time.perf_counter() - t_pre
         steps = 0
         progress.start("training DP-GAN", total=epochs)
         for epoch in range(epochs):
@@ -347,4 +352,4 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
     gen_nn.eval()
     return {"generator": gen_nn, "spent": spent, "sigma": sigma, "sample_rate": sample_rate, "steps": steps,
             "history": history, "seconds": time.perf_counter() - t0,
-            "pretrain_marginal_l1": pre_losses[-1] if pre_losses else None}
+            "pretrain_marginal_l1": pre_losses[-1] if pre_losses else None, "seconds_pretrain": round(t_pre, 3)}
