@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         accountant: Optional[str] = typer.Option(None, "--accountant", help="Privacy accountant: prv (default) or rdp."),
         conditions: Optional[str] = typer.Option(None, "--conditions", help="Comma-separated conditioning columns, e.g. diabetes,sex."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default from config)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same model)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for weight initialisation and latent noise only: privacy noise is secure, so retraining gives a different model."),
         session: str = typer.Option("default", "--session", help="Session name (remembers the last model)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     ) -> None:
