@@ -300,16 +300,20 @@ def smooth_fine(counts: np.ndarray, axis: int, fine: int) -> np.ndarray:
 
 
 def support_mask(counts: np.ndarray, axis: int, fine: int, sigma: float, k: float = 2.0) -> np.ndarray:
-    """Post-processing: zero the fine bins outside the support of the table's pooled (all-label) margin,
-    i.e. where the smoothed pooled count is below k times its noise std (sigma * sqrt(3/8 * rows)).
-    Without it, noise in the many empty bins of a wide public range leaks mass into the tails and
-    shifts means (HbA1c 3-20 %, BMI 12-90). The missing cell is never masked."""
+    """Post-processing: zero a fine bin of a (smoothed) noisy table unless the bin itself or the table's
+    pooled (all-label) margin there exceeds k times its noise std (sigma * sqrt(3/8) per smoothed cell,
+    times sqrt(rows) pooled). Without it, noise in the many empty bins of a wide public range leaks
+    mass into the tails and shifts means (HbA1c 3-20 %, BMI 12-90); keeping a bin that is strong in its
+    own row keeps a subgroup's real tail (e.g. high HbA1c among people with diabetes). The missing cell
+    is never masked."""
     x = np.moveaxis(np.asarray(counts, dtype=float), axis, 0).copy()
     rows = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
-    pooled = x[:fine].reshape(fine, -1).sum(axis=1)
-    keep = pooled > k * sigma * math.sqrt(0.375 * rows)
+    sd = sigma * math.sqrt(0.375)
+    body = x[:fine].reshape(fine, -1)
+    pooled = body.sum(axis=1)
+    keep = (pooled > k * sd * math.sqrt(rows))[:, None] | (body > k * sd)
     if keep.any():
-        x[:fine][~keep] = 0.0
+        x[:fine] = np.where(keep, body, 0.0).reshape(x[:fine].shape)
     return np.moveaxis(x, 0, axis)
 
 
