@@ -56,7 +56,7 @@ def test_histogram_only_preprocessing_charges_everything(frame: pd.DataFrame) ->
     pre = m.charges[0]
     assert pre["mechanism"] == "opendp-zcdp-marginals" and "and 0 pairs" in pre["what"]
     assert pre["epsilon"] == pytest.approx(0.1, rel=1e-4) and pre["epsilon"] <= 0.1
-    assert [t["columns"] for t in m.hyperparameters["structure"]["tables"]] == [["sex", "diabetes"]]
+    assert [t["columns"] for t in m.hyperparameters["structure"]["tables"]] == [["diabetes"], ["sex", "diabetes"]]
     assert m.epsilon <= 1.0 and sum(c["epsilon"] for c in m.charges) == pytest.approx(m.epsilon)
     assert m.cond_hist.shape == tuple(m.encoder.cond_sizes) and (m.cond_hist >= 0).all()
     out = m.sample(200, seed=0, fixed={"diabetes": 1})

@@ -77,14 +77,18 @@ def test_structure_plus_dp_sgd_never_above_target(frame: pd.DataFrame, eps: floa
 
 def test_workload_has_every_column_by_the_label_and_selected_pairs(model: TrainedGenerator) -> None:
     tables = model.hyperparameters["structure"]["tables"]
-    mand = {t["columns"][0] for t in tables if t["kind"] == "mandatory"}
+    pairs = [t for t in tables if t["kind"] == "mandatory" and len(t["columns"]) == 2]
+    mand = {t["columns"][0] for t in pairs}
     assert mand == {c.name for c in FIXTURE_SCHEMA.columns} - {"diabetes"}  # every column x the label
-    assert all(t["columns"][1] == "diabetes" for t in tables if t["kind"] == "mandatory")
+    assert all(t["columns"][1] == "diabetes" for t in pairs)
+    # plus the label's own table (the cohort sizes), measured once with a larger share
+    own = [t for t in tables if t["kind"] == "mandatory" and t["columns"] == ["diabetes"]]
+    assert len(own) == 1 and own[0]["sigma"] < min(t["sigma"] for t in pairs)
     sel = [t for t in tables if t["kind"] == "selected"]
     assert sel and all(len(t["columns"]) == 2 and "diabetes" not in t["columns"] for t in sel)
     # consistency (post-processing): every mandatory table has the same label margin, and the condition
     # joint the sampler draws from has it too
-    labs = [np.asarray(t["counts"]).reshape(t["shape"]).sum(axis=0) for t in tables if t["kind"] == "mandatory"]
+    labs = [np.asarray(t["counts"]).reshape(t["shape"]).sum(axis=0) for t in pairs]
     for lab in labs[1:]:
         assert np.allclose(lab, labs[0], rtol=1e-3, atol=0.05)
     joint = model.cond_hist / model.cond_hist.sum()

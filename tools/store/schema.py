@@ -90,6 +90,10 @@ class SourceSchema(BaseModel):
     # For a label column: the columns that define it or exist only because of it. Utility tests
     # (train-on-synthetic, test-on-real) leave them out, or predicting the label would be trivial.
     label_leakage: dict[str, list[str]] = Field(default_factory=dict)
+    # Columns that say who the people are (age, sex, race/ethnicity): public metadata. The DP structure
+    # measures their table with the cohort label more precisely (a larger share of the budget), because a
+    # cohort's make-up is what a reader checks first.
+    demographics: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> "SourceSchema":
@@ -101,6 +105,9 @@ class SourceSchema(BaseModel):
             for c in [label, *cols]:
                 if c not in self.column_map():
                     raise ValueError(f"label_leakage names '{c}', which is not a column of the source")
+        for c in self.demographics:
+            if c not in self.column_map():
+                raise ValueError(f"demographics names '{c}', which is not a column of the source")
         for c in self.condition_columns:
             col = self.column_map().get(c)
             if col is None:

@@ -25,14 +25,15 @@ Documented, data-independent rules (n = public row count, d = number of columns,
   coarse bins  B = clip(round((n * eps) ** (1/3) / 2), 3, 8)
   fine bins    F = 4 * B
   rounds       T = min(#candidate pairs, d)    (candidate: a pair of <= max(64, n * eps / 20) cells)
-  rho split    50 % mandatory tables (equal shares), 50 % selected pairs: per round 10 % selection,
+  rho split    50 % mandatory tables (equal shares, except DEMOGRAPHIC_WEIGHT = 4 shares for each column the
+               source declares demographic), 50 % selected pairs: per round 10 % selection,
                90 % measurement (AIM's measure_split); no pairs: all to the mandatory tables.
 Consistency ("own projection"; mbi 2.0.0 needs jax, kept out of the shared venv): each noisy table is
 made non-negative with its total kept (norm-sub); all tables are scaled to one total (inverse-variance
 mean of the tables' totals); the label margin is the inverse-variance mean of all mandatory tables'
 label margins, a column's margin is taken from its (label-fitted) mandatory table, and every table is
 fitted to those margins by iterative proportional fitting. Before that, a numeric column's fine bins
-are smoothed with a [1, 2, 1] / 4 kernel (`smooth_fine`) and bins outside the support of the pooled
+are smoothed with a [1, 2, 1] / 4 kernel (`smooth_fine`) and bins (and the missing cell) outside the support of the pooled
 margin (below 2 noise std) are zeroed (`support_mask`). All of this is post-processing.
 """
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,14 +52,49 @@ from synthehr.tools.engines.dpgan.privacy import (gaussian_rho, noisy_max_rho, n
                                                   secure_noisy_max)
 
 MAX_JOINT_CELLS = 100_000
+# A demographic column's table with the label (declared in the source schema) gets this many times the
+# share of an ordinary column's: a cohort's age, sex and race/ethnicity make-up is what readers check first.
+DEMOGRAPHIC_WEIGHT = 4.0
+# The label's own 1-way table (the cohort sizes): same weight. Without it the label margin is the sum of
+# many noisy cells of every column x label table, whose noise grows with the number of cells.
+LABEL_WEIGHT = 4.0
 
 
 def coarse_bins(n: int, epsilon: float) -> int:
     return int(np.clip(round((max(n, 1) * max(epsilon, 1e-9)) ** (1.0 / 3.0) / 2.0), 3, 8))
 
 
-def fine_bins(n: int, epsilon: float) -> int:
-    return 4 * coarse_bins(n, epsilon)
+def fine_bins(n: int, epsilon: float, sigma: float | None = None) -> int:
+    """4 B fine bins, or 2 B / B when a fine bin would hold fewer than 2 noise std of records on average
+    (n / F >= 2 sigma, sigma = the noise of an ordinary mandatory table, known before measuring)."""
+    b = coarse_bins(n, epsilon)
+    if sigma is None:
+        return 4 * b
+    for k in (4, 2):
+        if n / (b * k) >= 2.0 * sigma:
+            return b * k
+    return b
+
+
+def mandatory_weights(schema: Any, conditions: list[str], generated: list[str]) -> list[tuple[tuple, tuple, float]]:
+    """The mandatory workload: (columns, resolutions, budget weight) of each table."""
+    conds = list(conditions)
+    label = conds[0] if conds else None
+    if not label:
+        return [((c,), ("fine",), 1.0) for c in generated]
+    demo = set(getattr(schema, "demographics", []) or [])
+    out: list[tuple[tuple, tuple, float]] = [((label,), ("cond",), LABEL_WEIGHT)]
+    for c in conds[1:] + list(generated):
+        out.append(((c, label), ("cond" if c in conds else "fine", "cond"), DEMOGRAPHIC_WEIGHT if c in demo else 1.0))
+    return out
+
+
+def mandatory_sigma(rho: float, schema: Any, conditions: list[str], generated: list[str]) -> float:
+    """Noise std of an ordinary (weight 1) mandatory table under total rho (data-independent)."""
+    w = mandatory_weights(schema, conditions, generated)
+    share = 0.5 if len(conditions) + len(generated) > 2 else 1.0
+    r = share * rho / max(sum(x for *_, x in w), 1e-12)
+    return 1.0 / math.sqrt(2.0 * r) if r > 0 else float("inf")
 
 
 def max_pair_cells(n: int, epsilon: float) -> int:
@@ -176,9 +213,11 @@ def quantile_groups(fine_margin: np.ndarray, fine: int, coarse: int) -> np.ndarr
 
 
 def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_public: float, epsilon: float,
-                      ) -> tuple[Structure, CellCoder]:
+                      fine: int | None = None) -> tuple[Structure, CellCoder]:
     """Select and measure the tables (rho-zCDP in total, checked), then make them consistent."""
-    B, F = coarse_bins(int(n_public), epsilon), fine_bins(int(n_public), epsilon)
+    B = coarse_bins(int(n_public), epsilon)
+    F = int(fine) if fine else fine_bins(int(n_public), epsilon)
+    B = min(B, F)
     coder = CellCoder(enc, F, B)
     conds = [b.name for b in enc.cond_blocks]
     gen_cols = [b.name for b in enc.blocks]
@@ -190,10 +229,9 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
         return st, coder
     spent = 0.0
     others = [c for c in all_cols if c != label]
-    mandatory = ([((c, label), ("cond" if c in conds else "fine", "cond")) for c in others] if label
-                 else [((c,), ("fine",)) for c in gen_cols])
-    if label and not others:
-        mandatory = [((label,), ("cond",))]
+    plan = mandatory_weights(enc.schema, conds, gen_cols)
+    mandatory = [(cols, res) for cols, res, _ in plan]
+    weights = [w for *_, w in plan]
     candidates = []
     for a, b in itertools.combinations(all_cols, 2):
         if label in (a, b):
@@ -212,8 +250,8 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
         st.tables.append(Table(cols, res, secure_gaussian_counts(true, sigma), sigma, kind))
         return gaussian_rho(sigma)
 
-    for cols, res in mandatory:
-        spent += measure(cols, res, rho_mand / len(mandatory), "mandatory")
+    for (cols, res), w in zip(mandatory, weights):
+        spent += measure(cols, res, rho_mand * w / sum(weights), "mandatory")
     _project(st, coder)
     # Coarse groups from the DP fine margins (post-processing).
     for t in st.tables:
@@ -259,6 +297,9 @@ def _label_margin(st: Structure) -> np.ndarray | None:
         if t.kind == "mandatory" and t.res[-1] == "cond" and t.counts.ndim == 2:
             ms.append(_margin(t, 1))
             ws.append(1.0 / (t.sigma**2 * t.counts.shape[0]))
+        elif t.kind == "mandatory" and t.res == ("cond",) and t.counts.ndim == 1:
+            ms.append(t.counts)  # the label's own table
+            ws.append(1.0 / t.sigma**2)
     if not ms:
         return None
     w = np.asarray(ws)
@@ -314,6 +355,11 @@ def support_mask(counts: np.ndarray, axis: int, fine: int, sigma: float, k: floa
     keep = (pooled > k * sd * math.sqrt(rows))[:, None] | (body > k * sd)
     if keep.any():
         x[:fine] = np.where(keep, body, 0.0).reshape(x[:fine].shape)
+    if x.shape[0] > fine:
+        # the missing cell: same rule (a column without missing values must not get noise as "missing")
+        miss = x[fine:].reshape(x.shape[0] - fine, -1)
+        keep_m = (miss.sum(axis=1, keepdims=True) > k * sd * math.sqrt(rows)) | (miss > k * sd)
+        x[fine:] = np.where(keep_m, miss, 0.0).reshape(x[fine:].shape)
     return np.moveaxis(x, 0, axis)
 
 

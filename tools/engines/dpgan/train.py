@@ -83,7 +83,7 @@ def train_dpgan(
     """
     import torch
 
-    from synthehr.tools.engines.dpgan.structure import fine_bins, measure_structure
+    from synthehr.tools.engines.dpgan.structure import fine_bins, mandatory_sigma, measure_structure
 
     if target_epsilon <= 0 or not math.isfinite(target_epsilon):
         raise ValueError("target_epsilon must be a positive number")
@@ -102,14 +102,17 @@ def train_dpgan(
     delta_sgd = float(target_delta) - delta_pre
     # Bins follow the public n (or, without it, a public-free default of 1,000 until the DP estimate exists).
     n_rule = int(n_public) if n_public else 1000
-    bins = int(settings.numeric_bins) or fine_bins(n_rule, target_epsilon)
+    rho = rho_for_epsilon(eps_pre, delta_pre) if eps_pre > 0 else 0.0
+    generated = [c.name for c in schema.columns if c.name not in set(conditions)]
+    sigma_rule = mandatory_sigma(rho, schema, list(conditions), generated) if rho > 0 else None
+    bins = int(settings.numeric_bins) or fine_bins(n_rule, target_epsilon, sigma_rule)
     enc = TableEncoder(schema, list(conditions), bins)
     t_struct = time.perf_counter()
-    rho = rho_for_epsilon(eps_pre, delta_pre) if eps_pre > 0 else 0.0
     structure_enc = enc if settings.marginal_weight > 0 else TableEncoder(schema, list(conditions), bins)
     if settings.marginal_weight <= 0:
         structure_enc.blocks = []  # only the condition histogram is measured
-    struct, coder = measure_structure(frame, structure_enc, rho=rho, n_public=n_rule, epsilon=target_epsilon)
+    struct, coder = measure_structure(frame, structure_enc, rho=rho, n_public=n_rule, epsilon=target_epsilon,
+                                      fine=bins)
     eps_pre_spent = min(zcdp_to_epsilon(struct.rho, delta_pre), eps_pre) if struct.rho > 0 else 0.0
     t_struct = time.perf_counter() - t_struct
     n_est = float(n_public) if n_public else max(float(struct.total), 10.0)

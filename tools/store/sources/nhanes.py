@@ -114,6 +114,7 @@ SCHEMA = SourceSchema(
     meta=META,
     columns=COLUMNS,
     condition_columns=["diabetes", "sex", "race_ethnicity", "insulin_now", "smoking_status"],
+    demographics=["age_years", "sex", "race_ethnicity"],
     label_leakage={
         # ADA definition (diagnosis or HbA1c >= 6.5%) and what only people with a diagnosis have.
         "diabetes": ["diabetes_diagnosed", "hba1c_pct", "diabetes_age_at_diagnosis", "diabetes_duration_years",
