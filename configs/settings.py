@@ -88,6 +88,9 @@ class TrainingSettings(_Section):
     moment_weight: float = Field(1.0, ge=0)
     moment_weight_adversarial: float = Field(1.0, ge=0)
     marginal_pretrain_steps: int = Field(1000, ge=0)
+    # The marginal loss on a column x label table compares P(column | label) for each label value
+    # (every cohort fitted equally, not in proportion to its size), instead of the joint cells.
+    marginal_conditional: bool = False
     marginal_mechanism: Literal["laplace", "gaussian"] = "gaussian"
 
 

@@ -148,3 +148,24 @@ def test_coherence_rules_duration_and_presence() -> None:
     assert at[0] == 60 and at[1] == 18 and np.isnan(at[2])  # <= age, >= 18, absent without diagnosis
     assert (dur[:2] <= age[:2] - 18).all() and np.isnan(dur[2])
     assert int(out["insulin_now"][2]) == 0  # no insulin without a diagnosis
+
+
+def test_conditional_marginal_loss_sees_a_wrong_small_cohort() -> None:
+    """The joint-cell loss barely notices a 5 % cohort fitted wrongly; the per-label loss does."""
+    import torch
+
+    from synthehr.tools.engines.dpgan.train import gem_loss
+
+    n = 1000
+    lab = torch.zeros(n, 2)
+    lab[:950, 0] = 1.0
+    lab[950:, 1] = 1.0
+    col = torch.zeros(n, 2)
+    col[:, 0] = 1.0  # every record in cell 0
+    tgt = torch.tensor([[0.95, 0.0], [0.0, 0.05]])  # but the cohort (label 1) lives in cell 1
+    probs = {("x", "fine"): col, ("y", "cond"): lab}
+    targets = [(("x", "y"), ("fine", "cond"), tgt)]
+    joint = float(gem_loss(targets, probs, conditional=False))
+    cond = float(gem_loss(targets, probs, conditional=True))
+    assert joint == pytest.approx(0.1, abs=1e-6)
+    assert cond == pytest.approx(1.0, abs=1e-6)  # (0 + 2) / 2 label values

@@ -64,16 +64,12 @@ def coarse_bins(n: int, epsilon: float) -> int:
     return int(np.clip(round((max(n, 1) * max(epsilon, 1e-9)) ** (1.0 / 3.0) / 2.0), 3, 8))
 
 
-def fine_bins(n: int, epsilon: float, sigma: float | None = None) -> int:
-    """4 B fine bins, or 2 B / B when a fine bin would hold fewer than 2 noise std of records on average
-    (n / F >= 2 sigma, sigma = the noise of an ordinary mandatory table, known before measuring)."""
-    b = coarse_bins(n, epsilon)
-    if sigma is None:
-        return 4 * b
-    for k in (4, 2):
-        if n / (b * k) >= 2.0 * sigma:
-            return b * k
-    return b
+def fine_bins(n: int, epsilon: float) -> int:
+    return 4 * coarse_bins(n, epsilon)
+
+
+def max_pair_cells(n: int, epsilon: float) -> int:
+    return int(max(64, n * epsilon / 20))
 
 
 def mandatory_weights(schema: Any, conditions: list[str], generated: list[str]) -> list[tuple[tuple, tuple, float]]:
@@ -87,18 +83,6 @@ def mandatory_weights(schema: Any, conditions: list[str], generated: list[str]) 
     for c in conds[1:] + list(generated):
         out.append(((c, label), ("cond" if c in conds else "fine", "cond"), DEMOGRAPHIC_WEIGHT if c in demo else 1.0))
     return out
-
-
-def mandatory_sigma(rho: float, schema: Any, conditions: list[str], generated: list[str]) -> float:
-    """Noise std of an ordinary (weight 1) mandatory table under total rho (data-independent)."""
-    w = mandatory_weights(schema, conditions, generated)
-    share = 0.5 if len(conditions) + len(generated) > 2 else 1.0
-    r = share * rho / max(sum(x for *_, x in w), 1e-12)
-    return 1.0 / math.sqrt(2.0 * r) if r > 0 else float("inf")
-
-
-def max_pair_cells(n: int, epsilon: float) -> int:
-    return int(max(64, n * epsilon / 20))
 
 
 @dataclass

@@ -83,7 +83,7 @@ def train_dpgan(
     """
     import torch
 
-    from synthehr.tools.engines.dpgan.structure import fine_bins, mandatory_sigma, measure_structure
+    from synthehr.tools.engines.dpgan.structure import fine_bins, measure_structure
 
     if target_epsilon <= 0 or not math.isfinite(target_epsilon):
         raise ValueError("target_epsilon must be a positive number")
@@ -103,9 +103,7 @@ def train_dpgan(
     # Bins follow the public n (or, without it, a public-free default of 1,000 until the DP estimate exists).
     n_rule = int(n_public) if n_public else 1000
     rho = rho_for_epsilon(eps_pre, delta_pre) if eps_pre > 0 else 0.0
-    generated = [c.name for c in schema.columns if c.name not in set(conditions)]
-    sigma_rule = mandatory_sigma(rho, schema, list(conditions), generated) if rho > 0 else None
-    bins = int(settings.numeric_bins) or fine_bins(n_rule, target_epsilon, sigma_rule)
+    bins = int(settings.numeric_bins) or fine_bins(n_rule, target_epsilon)
     enc = TableEncoder(schema, list(conditions), bins)
     t_struct = time.perf_counter()
     structure_enc = enc if settings.marginal_weight > 0 else TableEncoder(schema, list(conditions), bins)
@@ -157,6 +155,7 @@ def train_dpgan(
         "discriminator_beta1": settings.discriminator_beta1, "gumbel_tau": settings.gumbel_tau,
         "numeric_bins": bins, "marginal_weight": settings.marginal_weight, "gem_weight": GEM_WEIGHT,
         "marginal_pretrain_steps": settings.marginal_pretrain_steps,
+        "marginal_conditional": settings.marginal_conditional,
         "preprocessing_share": preprocessing_share, "n_public": int(n_public) if n_public else None,
         "n_rule": n_rule, "structure": struct.describe(),
     }
@@ -231,8 +230,12 @@ def column_probs(raw: Any, c: Any, enc: TableEncoder, coder: Any) -> dict[tuple[
     return out
 
 
-def gem_loss(targets: list[tuple], probs: dict) -> Any:
-    """Mean L1 distance between the batch's expected table cells and the DP tables (probabilities)."""
+def gem_loss(targets: list[tuple], probs: dict, conditional: bool = False) -> Any:
+    """Mean L1 distance between the batch's expected table cells and the DP tables (probabilities).
+
+    conditional: a table whose second column is a conditioning column ("cond") is compared column by
+    column, P(first | cond value), averaged over the cond values holding >= 1 % of the target, so a
+    small cohort (people with diabetes) is fitted as closely as the majority."""
     import torch
 
     if not targets:
@@ -242,6 +245,17 @@ def gem_loss(targets: list[tuple], probs: dict) -> Any:
         ps = [probs[(c, z)] for c, z in zip(cols, res)]
         if len(ps) == 1:
             est = ps[0].mean(0)
+        elif conditional and res[1] == "cond":
+            joint = ps[0].T @ ps[1]  # (cells, cond values), expected counts in the batch
+            mass = joint.sum(0)
+            tmass = tgt.sum(0)
+            keep = (tmass >= 0.01) & (mass > 0)
+            if bool(keep.any()):
+                est_c = joint[:, keep] / mass[keep]
+                tgt_c = tgt[:, keep] / tmass[keep]
+                total = total + (est_c - tgt_c).abs().sum(0).mean()
+                continue
+            est = joint / ps[0].shape[0]
         else:
             est = (ps[0].T @ ps[1]) / ps[0].shape[0]
         total = total + (est - tgt).abs().sum()
@@ -309,7 +323,7 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
             for _ in range(settings.marginal_pretrain_steps):
                 opt_pre.zero_grad(set_to_none=True)
                 _, fc, raw = fake_batch(1024, with_raw=True)
-                loss = gem_loss(targets, column_probs(raw, fc, enc, coder))
+                loss = gem_loss(targets, column_probs(raw, fc, enc, coder), settings.marginal_conditional)
                 loss.backward()
                 opt_pre.step()
                 pre_losses.append(float(loss.detach()))
@@ -337,7 +351,7 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
                     loss_g = F.binary_cross_entropy_with_logits(disc(torch.cat([fx, fc], 1)), torch.ones(len(fx)))
                     g_losses.append(float(loss_g.detach()))
                     if lam > 0 and targets:
-                        lm = gem_loss(targets, column_probs(raw, fc, enc, coder))
+                        lm = gem_loss(targets, column_probs(raw, fc, enc, coder), settings.marginal_conditional)
                         loss_g = loss_g + lam * lm
                         m_losses.append(float(lm.detach()))
                     loss_g.backward()
