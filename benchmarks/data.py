@@ -161,6 +161,38 @@ def load_breast_cancer() -> BenchData:
     return data
 
 
+NHEFS_META = SourceMeta(
+    name="nhefs", title="NHANES I Epidemiologic Follow-up Study (NHEFS), complete cases",
+    publisher="Hernan & Robins, Causal Inference: What If (data via the PyPI package causaldata)",
+    url="https://miguelhernan.org/whatifbook", licence="public teaching data", population="US adult smokers 1971-82",
+    years="1971-1992", citation="Hernan MA, Robins JM. Causal Inference: What If. 2020.",
+    description="Mostly categorical: death by 1992 as the label.")
+_C, _I, _B, _K = ColumnType.continuous, ColumnType.integer, ColumnType.binary, ColumnType.categorical
+NHEFS_COLUMNS = [
+    Column(name="age", type=_I, lower=18, upper=90), Column(name="sex", type=_K, categories=["0", "1"]),
+    Column(name="race", type=_K, categories=["0", "1"]),
+    Column(name="education", type=_K, categories=["1", "2", "3", "4", "5"]),
+    Column(name="exercise", type=_K, categories=["0", "1", "2"]), Column(name="active", type=_K, categories=["0", "1", "2", "3"]),
+    Column(name="hbp", type=_K, categories=["0", "1", "2"]), Column(name="diabetes_hx", type=_K, categories=["0", "1", "2"]),
+    Column(name="asthma", type=_B), Column(name="qsmk", type=_B), Column(name="smokeintensity", type=_I, lower=0, upper=100),
+    Column(name="smokeyrs", type=_I, lower=0, upper=80), Column(name="wt71", type=_C, lower=30, upper=200),
+    Column(name="sbp", type=_C, lower=60, upper=260), Column(name="death", type=_B),
+]
+
+
+def load_nhefs() -> BenchData:
+    from causaldata import nhefs_complete
+
+    raw = nhefs_complete.load_pandas().data.rename(columns={"diabetes": "diabetes_hx"})
+    for c in ("sex", "race", "education", "exercise", "active", "hbp", "diabetes_hx"):
+        raw[c] = raw[c].astype(int).astype(str)
+    schema = SourceSchema(meta=NHEFS_META, columns=NHEFS_COLUMNS, condition_columns=["death"])
+    frame = _typed(raw[[c.name for c in NHEFS_COLUMNS]], schema)
+    return BenchData(name="nhefs", frame=_complete(frame), schema=schema, label="death",
+                     description="NHEFS (causaldata nhefs_complete), 14 features, mostly categorical, public bounds",
+                     rows_before=len(frame))
+
+
 # ---- any CSV -------------------------------------------------------------------------------------
 def _snake(name: str) -> str:
     s = re.sub(r"[^0-9a-zA-Z]+", "_", str(name)).strip("_").lower()
@@ -287,7 +319,7 @@ def load_csv(path: str | Path, label: str, *, meta: str | Path | None = None) ->
     return from_frame(frame, label, name=path.stem, schema=schema)
 
 
-DATASETS = {"nhanes": load_nhanes, "pima": load_pima, "breast_cancer": load_breast_cancer}
+DATASETS = {"nhanes": load_nhanes, "pima": load_pima, "breast_cancer": load_breast_cancer, "nhefs": load_nhefs}
 
 
 def load(name: str) -> BenchData:

@@ -17,6 +17,10 @@ Metrics:
   and to its nearest real holdout row (both reference sets of the same size). A generator that
   copies training rows gets much closer to train than to holdout.
 
+- structure (issue 11): all-pairs 2-way TVD (mean, worst 5), correlation error of the 10 strongest real
+  pairs, sign agreement of the label's top-5 predictors, cohort (label == 1) mean differences; these
+  come from synthehr.tools.engines.fidelity (the quality report uses the same code).
+
 No function here returns or prints a row: only aggregates.
 """
 
@@ -286,7 +290,24 @@ def evaluate(
         "synthetic_label_rate": float(binary_label(synth, label).mean()) if len(synth) else float("nan"),
         "synthetic_missing_rate": float(synth[[c["name"] for c in spec]].isna().to_numpy().mean()) if len(synth) else 1.0,
         **dcr(synth, train, holdout, spec, seed=seed),
+        **structure_metrics(synth, holdout, spec, label),
     }
+
+
+def structure_metrics(synth: pd.DataFrame, real: pd.DataFrame, spec: Sequence[dict[str, Any]], label: str) -> dict[str, Any]:
+    """Issue 11's fidelity that cannot hide a broken pair (synthehr.tools.engines.fidelity), vs the real holdout."""
+    from synthehr.tools.engines import fidelity as fm
+
+    pairs = fm.all_pairs_tvd(real, synth, spec)
+    corr = fm.top_correlation_error(real, synth, spec)
+    signs = fm.predictor_signs(real, synth, spec, label)
+    pos = fm._labels(real[label]) == "1"
+    spos = fm._labels(synth[label]) == "1"
+    cohort = fm.cohort_fidelity(real[pos], synth[spos], spec) if pos.any() and spos.any() else {}
+    return {"pairs_tvd_mean": pairs["mean"], "pairs_tvd_worst": pairs["worst"][0]["tvd"] if pairs["worst"] else None,
+            "pairs_tvd_worst5": pairs["worst"], "top10_corr_err": corr["mean_abs_error"],
+            "sign_agreement": signs["agreement"], "reversed_predictors": signs["reversed"],
+            "cohort_max_mean_diff_sd": cohort.get("max_abs_mean_diff_sd")}
 
 
 def trtr(train: pd.DataFrame, holdout: pd.DataFrame, spec: Sequence[dict[str, Any]], label: str, *, seed: int = 0) -> dict[str, Any]:

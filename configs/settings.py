@@ -54,7 +54,7 @@ class PrivacySettings(_Section):
     source_budget_epsilon: float = Field(10.0, gt=0)
     source_budget_delta: float = Field(1e-4, gt=0, lt=1)
     max_epsilon_per_request: float = Field(10.0, gt=0)
-    preprocessing_share: float = Field(0.5, ge=0, lt=0.9)
+    preprocessing_share: float = Field(0.8, ge=0, lt=0.9)
     # Whether the user is the data custodian who may see custodian reports (non-private statistics of the
     # real records); None = per source: True for built-in public sources (NHANES), False for user sources.
     custodian_reports: bool | None = None
@@ -87,7 +87,10 @@ class TrainingSettings(_Section):
     marginal_bins: int = Field(8, ge=1)
     moment_weight: float = Field(1.0, ge=0)
     moment_weight_adversarial: float = Field(1.0, ge=0)
-    marginal_pretrain_steps: int = Field(200, ge=0)
+    marginal_pretrain_steps: int = Field(1000, ge=0)
+    # The marginal loss on a column x label table compares P(column | label) for each label value
+    # (every cohort fitted equally, not in proportion to its size), instead of the joint cells.
+    marginal_conditional: bool = False
     marginal_mechanism: Literal["laplace", "gaussian"] = "gaussian"
 
 

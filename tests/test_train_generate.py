@@ -55,7 +55,7 @@ def test_train_charges_full_target_in_two_lines_and_records_model(tmp_path: Path
     # The hook ran; a user source's custodian report is withheld from the answer by default.
     assert d["delta"] < 1 / 400 and d["quality"]["shown"] is False and "called" not in d["quality"]
     charges = deps.workspace.charges(SRC)
-    assert [c.mechanism for c in charges] == ["laplace-histogram+gaussian-marginals", "dp-sgd-opacus-prv"]
+    assert [c.mechanism for c in charges] == ["opendp-zcdp-marginals", "dp-sgd-opacus-prv"]
     assert sum(c.epsilon for c in charges) == pytest.approx(1.0)
     # The ledger's deltas add up to the stated delta; the Gaussian tables' share is on the first line.
     assert sum(c.delta for c in charges) == pytest.approx(d["delta"])

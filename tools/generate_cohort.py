@@ -900,3 +900,86 @@ SPEC = ToolSpec(
         r'|under)\b|\d'
     ),
 )
+
+
+# ---- any registered source, without a condition profile ---------------------------------------
+class _SourceProfile:
+    """Stands in for a condition profile when a user source is sampled as a whole (`generate --source`)."""
+
+    def __init__(self, source: str, where: list[str]):
+        self.id = f"source:{source}"
+        self.name = f"{source} records"
+        self.definition = "all records of the source" + (f" meeting {' and '.join(where)}" if where else "")
+        self.guideline = None
+        self.cohort = type("Cohort", (), {"description": self.definition})()
+
+    def guideline_ids(self) -> set[str]:
+        return set()
+
+
+def generate_from_source(deps: Deps, source: str, n: int | None = None, *, where: list[str] | None = None,
+                         model_id: str | None = None, seed: int | None = None,
+                         epsilon: float | None = None) -> ToolResult:
+    """Sample `n` synthetic records of any registered source (no condition profile needed).
+
+    where: filters like "col=value" / "age_years>=65"; model_id: a saved model of this source (else the
+    newest fitting one, else a new one trained at `epsilon` or the configured target, charged).
+    """
+    from synthehr.tools.engines.dpgan import ModelLoadError, TrainedGenerator
+    from synthehr.tools.engines.dpgan.cohort import parse_filters
+    from synthehr.tools.train_generator import train_model
+
+    t0 = time.perf_counter()
+    settings = deps.settings
+    n = n or settings.generation.default_rows
+    if n > settings.generation.max_rows:
+        raise ToolInputError(f"n={n} is above the limit of {settings.generation.max_rows} records per request "
+                             f"(generation.max_rows); ask for fewer")
+    seed = settings.generation.seed if seed is None else int(seed)
+    schema = deps.catalog.get(source)  # ToolInputError listing the sources
+    where = list(where or [])
+    filters = parse_filters(where, schema)
+    trained = False
+    if model_id:
+        row = deps.workspace.get("models", "id", model_id)
+        if row is None or row.get("source") != source:
+            known = [r["id"] for r in deps.workspace.query("SELECT id FROM models WHERE source = ?", (source,))]
+            raise ToolInputError(f"no model '{model_id}' for {source}; models of {source}: {', '.join(known) or 'none'}")
+        try:
+            model = TrainedGenerator.load(row["path"], expected_schema=schema)
+        except (ModelLoadError, FileNotFoundError) as exc:
+            raise ToolInputError(str(exc)) from None
+    else:
+        found = find_model(deps, source, [], epsilon)
+        if found is None:
+            out = train_model(deps, source, epsilon or settings.privacy.target_epsilon, seed=seed,
+                              what=f"generate --source {source}")
+            model_id, model, trained = out["summary"]["model_id"], out["model"], True
+        else:
+            model_id, model = found
+    run_id, dataset_id = new_id("run"), new_id("ds")
+    deps.workspace.insert("runs", {"id": run_id, "kind": "generate", "started_at": now_iso(), "status": "running",
+                                   "session": deps.session.name,
+                                   "params_json": {"source": source, "n": n, "where": where, "seed": seed,
+                                                   "model_id": model_id, "dataset_id": dataset_id}})
+    profile = _SourceProfile(source, [f.text() for f in filters])
+    plan = {"rules": [], "fixed": {}}
+    try:
+        frame = model.sample(n, seed=seed, filters=where)
+        if len(frame) != n:  # a bug, never a user error
+            raise RuntimeError("the sampler returned the wrong number of records")
+        info = write_dataset(deps, dataset_id, run_id, model_id, model, profile, schema, source, frame, seed,
+                             plan, filters, None, [], [])
+    except BaseException as exc:
+        deps.workspace.update_run(run_id, "failed", {"error": type(exc).__name__,
+                                                     **({"message": str(exc)} if isinstance(exc, ToolInputError) else {})})
+        raise
+    result = {**{k: v for k, v in info.items() if k != "card"}, "where": [f.text() for f in filters],
+              "trained_new_model": trained, "seconds": round(time.perf_counter() - t0, 1)}
+    deps.workspace.update_run(run_id, "ok", result)
+    deps.session.last_dataset, deps.session.last_model = dataset_id, model_id
+    text = (f"Wrote {n} synthetic records of {source}" + (f" with {' and '.join(result['where'])}" if where else "")
+            + f" to {info['files']['csv']} (also .parquet, data card card.md). Dataset id {dataset_id}. Privacy: "
+            f"epsilon {model.epsilon:.3g} (target {model.target_epsilon:g}), model {model_id}"
+            f"{' (newly trained)' if trained else ' (reused)'}.")
+    return ToolResult(text=text, data=result, files=[info["files"][k] for k in ("csv", "parquet", "card_json", "card_md")])

@@ -37,7 +37,7 @@ class TrainGeneratorArgs(BaseModel):
     conditions: list[str] | None = Field(default=None, description="Binary/categorical columns the generator is conditioned on; default the source's cohort column and sex.")
     epochs: int | None = Field(default=None, gt=0, le=1000, description="Training epochs; leave empty for the configured default.")
     accountant: str | None = Field(default=None, description="Privacy accountant: 'prv' (default) or 'rdp'.")
-    seed: int | None = Field(json_schema_extra={"role": "seed"}, default=None, description="Random seed; the same seed gives the same model.")
+    seed: int | None = Field(json_schema_extra={"role": "seed"}, default=None, description="Random seed for weight initialisation and latent noise; privacy noise is secure, so retraining gives a different model.")
 
 
 def default_conditions(schema: SourceSchema, cohort_column: str | None = None) -> list[str]:
@@ -118,11 +118,9 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
               "accountant": accountant, "seed": seed, "model_id": model_id}
     # The same split the engine uses: with Gaussian per-column tables, half of delta goes to them
     # (charged even if the engine ends up releasing no table: overcharging is safe, undercharging is not).
-    ts = settings.training
-    gaussian = ts.marginal_weight > 0 and ts.marginal_mechanism == "gaussian" and eps_pre > 0
-    delta_pre = delta * 0.5 if gaussian else 0.0
-    mech_pre = "laplace-histogram+gaussian-marginals" if gaussian else (
-        "laplace-histogram+laplace-marginals" if ts.marginal_weight > 0 else "laplace-histogram")
+    # Engine v2: the tables before training are one OpenDP zCDP release at (eps_pre, delta / 2).
+    delta_pre = delta * 0.5 if eps_pre > 0 else 0.0
+    mech_pre = "opendp-zcdp-marginals"
     lines = [
         {"epsilon": eps_pre, "delta": delta_pre, "mechanism": mech_pre,
          "what": f"{what or 'train'} {model_id}: DP frequencies of the conditioning columns and per-column tables"},
@@ -144,7 +142,9 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
         train, holdout = split_holdout(deps.catalog.load(source), holdout_fraction, seed)
         model = train_dpgan(train, schema, target_epsilon=epsilon, target_delta=delta, conditions=conds,
                             epochs=epochs, seed=seed, accountant=accountant, settings=settings.training,
-                            preprocessing_share=pv.preprocessing_share, progress=deps.progress)
+                            preprocessing_share=pv.preprocessing_share, progress=deps.progress,
+                            n_public=(int(round(schema.meta.n_public * (1 - holdout_fraction)))
+                                      if schema.meta.n_public else None))
         seconds = time.perf_counter() - t0
         extra = {"model_id": model_id, "source": source, "source_content_hash": deps.catalog.content_hash(source),
                  "holdout_fraction": holdout_fraction, "holdout_seed": seed, "n_train": len(train),

@@ -635,6 +635,7 @@ def _build(real_train: pd.DataFrame, real_holdout: pd.DataFrame, synthetic: pd.D
             if label else None)
     priv, dists = privacy_metrics(train, holdout, synth, cols, enc, privacy, seed, max_rows)
     clin = clinical_validity(holdout, synth, cols, schema, profile, cohort, min_cell)
+    structure = structure_fidelity(holdout, synth_s, cols, label, schema)
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "kind": "custodian report",
@@ -648,6 +649,7 @@ def _build(real_train: pd.DataFrame, real_holdout: pd.DataFrame, synthetic: pd.D
         "columns_compared": [c.name for c in cols],
         "columns_not_in_synthetic": [c.name for c in schema.columns if c.name not in synthetic.columns],
         "fidelity": fid,
+        "structure": structure,
         "utility": util,
         "privacy": priv,
         "clinical_validity": clin,
@@ -666,6 +668,29 @@ def _build(real_train: pd.DataFrame, real_holdout: pd.DataFrame, synthetic: pd.D
     atomic_write_text(out_dir / "quality.md", render_markdown(report))
     atomic_write_text(out_dir / "quality.json", json.dumps(report, indent=2, default=str))
     return report
+
+
+def structure_fidelity(holdout: pd.DataFrame, synth: pd.DataFrame, cols: Sequence[Column], label: str | None,
+                       schema: SourceSchema) -> dict[str, Any]:
+    """Fidelity that cannot hide a broken pair (see engines/fidelity.py): all-pairs 2-way TVD, the 10
+    strongest real correlations, the label's top-5 predictor signs, and the cohort label == 1 (or its
+    last category) of the held-out data vs the synthetic records with that label."""
+    from synthehr.tools.engines import fidelity as fm
+
+    spec = [{"name": c.name, "type": c.type.value, "lower": c.lower, "upper": c.upper, "categories": c.categories}
+            for c in cols]
+    out: dict[str, Any] = {"all_pairs_tvd": fm.all_pairs_tvd(holdout, synth, spec),
+                           "top_correlation": fm.top_correlation_error(holdout, synth, spec)}
+    if label and label in holdout and label in synth:
+        out["predictor_signs"] = fm.predictor_signs(holdout, synth, spec, label,
+                                                    exclude=schema.label_leakage.get(label, ()))
+        col = schema.column(label)
+        pos = "1" if col.type.value == "binary" else str((col.categories or [""])[-1])
+        rl, sl = fm._labels(holdout[label]), fm._labels(synth[label])
+        if (rl == pos).sum() > 0 and (sl == pos).sum() > 0:
+            out["cohort"] = {"cohort": f"{label} = {pos}",
+                             **fm.cohort_fidelity(holdout[rl == pos], synth[sl == pos], spec)}
+    return out
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -690,6 +715,10 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "mia_auc": pv["membership_inference"].get("auc"),
         "share_in_bounds": cv["bounds"].get("share_inside"),
         "cohort_hit_rate": (cv.get("cohort") or {}).get("synthetic_hit_rate"),
+        "pairs_tvd_mean": ((report.get("structure") or {}).get("all_pairs_tvd") or {}).get("mean"),
+        "pairs_tvd_worst": (((report.get("structure") or {}).get("all_pairs_tvd") or {}).get("worst") or [{}])[0].get("tvd"),
+        "top10_corr_error": ((report.get("structure") or {}).get("top_correlation") or {}).get("mean_abs_error"),
+        "predictor_sign_agreement": ((report.get("structure") or {}).get("predictor_signs") or {}).get("agreement"),
         "flags": len(report.get("flags", [])),
     }
 
@@ -777,8 +806,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("membership-inference AUC", g(s["mia_auc"]), "0.5"),
         ("synthetic values inside public bounds", g(s["share_in_bounds"]), "1"),
         ("cohort-definition hit rate", g(s["cohort_hit_rate"]), "1 for a cohort sample"),
+        ("all-pairs 2-way TVD, mean / worst pair", f"{g(s.get('pairs_tvd_mean'))} / {g(s.get('pairs_tvd_worst'))}", "0"),
+        ("correlation error, 10 strongest real pairs (mean abs)", g(s.get("top10_corr_error")), "0"),
+        ("sign agreement, top-5 predictors of the label", g(s.get("predictor_sign_agreement")), "1"),
     ]
     L += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    st = report.get("structure") or {}
+    if st.get("all_pairs_tvd", {}).get("worst"):
+        L += ["", "Worst 2-way pairs (TVD): " + "; ".join(f"{d['a']} x {d['b']}: {g(d['tvd'], '.2f')}"
+                                                       for d in st["all_pairs_tvd"]["worst"])]
+    if st.get("top_correlation", {}).get("pairs"):
+        L += ["", "Strongest real correlations (real / synthetic): " + "; ".join(
+            f"{d['a']} ~ {d['b']}: {g(d['real'], '.2f')} / {g(d['synthetic'], '.2f')}" for d in st["top_correlation"]["pairs"])]
+    if (st.get("predictor_signs") or {}).get("reversed"):
+        L += ["", "Top predictors with a reversed sign: " + ", ".join(st["predictor_signs"]["reversed"])]
+    if st.get("cohort"):
+        c = st["cohort"]
+        L += ["", f"Cohort fidelity ({c.get('cohort')}): age-band TVD {g(c.get('age_band_tvd'))}, sex TVD "
+              f"{g(c.get('sex_tvd'))}, race TVD {g(c.get('race_ethnicity_tvd'))}, largest mean difference "
+              f"{g(c.get('max_abs_mean_diff_sd'))} SD"]
     fid = report["fidelity"]
     L += ["", "## Fidelity (real held-out vs synthetic)", "", "| column | metric | score | real mean | synthetic mean | real missing | synthetic missing |",
           "|---|---|---|---|---|---|---|"]

@@ -30,6 +30,9 @@ class Column(BaseModel):
     loinc: str | None = None
     missing_allowed: bool = True
     description: str = ""
+    # Measurement precision (public): generated values are rounded to a multiple of it, e.g. 0.1 for
+    # HbA1c %, 1 for blood pressure and lipids. None: full float precision (integer columns: 1).
+    precision: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> "Column":
@@ -79,6 +82,9 @@ class SourceMeta(BaseModel):
     description: str = ""
     # Knowledge document describing the source (knowledge/sources/<doc_id>.md), if any.
     doc_id: str | None = None
+    # The row count as published by the data's owner (public metadata): used for delta, batch sizing
+    # and bins without touching the data. None: the engine uses a DP estimate (charged).
+    n_public: int | None = Field(None, gt=0)
 
 
 class SourceSchema(BaseModel):
@@ -93,6 +99,10 @@ class SourceSchema(BaseModel):
     # For a label column: the columns that define it or exist only because of it. Utility tests
     # (train-on-synthetic, test-on-real) leave them out, or predicting the label would be trivial.
     label_leakage: dict[str, list[str]] = Field(default_factory=dict)
+    # Columns that say who the people are (age, sex, race/ethnicity): public metadata. The DP structure
+    # measures their table with the cohort label more precisely (a larger share of the budget), because a
+    # cohort's make-up is what a reader checks first.
+    demographics: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> "SourceSchema":
@@ -104,6 +114,9 @@ class SourceSchema(BaseModel):
             for c in [label, *cols]:
                 if c not in self.column_map():
                     raise ValueError(f"label_leakage names '{c}', which is not a column of the source")
+        for c in self.demographics:
+            if c not in self.column_map():
+                raise ValueError(f"demographics names '{c}', which is not a column of the source")
         for c in self.condition_columns:
             col = self.column_map().get(c)
             if col is None:

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 
 from synthehr.errors import ToolInputError
+from synthehr.tools.engines.dpgan.calibrate import POOL_FACTOR
 from synthehr.tools.engines.dpgan.cohort import Filter, Predicate, Stratum, allocate, cross_strata, parse_filters, parse_proportions
 from synthehr.tools.engines.dpgan.encoding import MISSING, TableEncoder, label_index
-from synthehr.tools.engines.dpgan.rules import apply_rules
+from synthehr.tools.engines.dpgan.rules import apply_rules, presence_overrides, round_to_precision
 from synthehr.tools.store.schema import SourceSchema
 from synthehr.tools.store.workspace import atomic_write_bytes, atomic_write_text
 
@@ -35,6 +36,8 @@ MANIFEST = "manifest.json"
 
 # Rejection sampling: give up when, after at least this many candidates, fewer than MIN_ACCEPT were kept.
 MIN_TRIES = 50_000
+# Calibrated sampling draws at least this many records per round, so the pool's cells are well filled.
+CALIBRATION_MIN_POOL = 8_192
 MIN_ACCEPT = 0.002
 MAX_TRIES_PER_ROW = 2_000
 
@@ -89,7 +92,19 @@ class TrainedGenerator:
         self.released_marginals = released_marginals
         # Re-derive deterministic columns (BMI, non-HDL, diabetes flag, ...) after sampling: see rules.py.
         self.consistency_rules = True
+        # Weight generated records to the released DP tables at sampling time: see calibrate.py.
+        self.calibrate = True
+        self._calibrator: Any = None
         self.generator.eval()
+
+    @property
+    def calibrator(self) -> Any:
+        """The released tables as a sampling calibrator (None for models without them)."""
+        if self._calibrator is None and self.hyperparameters.get("structure"):
+            from synthehr.tools.engines.dpgan.calibrate import Calibrator
+
+            self._calibrator = Calibrator.from_structure(self.hyperparameters["structure"], self.encoder) or False
+        return self._calibrator or None
 
     # ---- sampling ------------------------------------------------------------------------
     def sample(self, n: int, *, seed: int, fixed: dict | None = None, filters: list | None = None,
@@ -166,6 +181,8 @@ class TrainedGenerator:
         # label no longer matches the features the generator produced for it. Such records are rejected.
         derived = self._rule_derived_conditions()
         need_rejection = bool(rest) or where is not None or bool(derived)
+        calib = self.calibrator if self.calibrate else None
+        restricted = [c for c in self.conditions if any(f.column == c for f in filters)]
         kept: list[pd.DataFrame] = []
         have, tried = 0, 0
         limit = max_tries or max(MIN_TRIES * 20, count * MAX_TRIES_PER_ROW)
@@ -173,17 +190,27 @@ class TrainedGenerator:
         while have < count:
             want = count - have
             batch = int(min(max(want / max(rate, MIN_ACCEPT) * 1.2 + 64, 1024), 262_144)) if need_rejection else want
-            flat = rng.choice(cell_p.size, size=batch, p=cell_p)
-            codes = np.stack(np.unravel_index(flat, sizes), axis=1) if sizes else np.zeros((batch, 0), int)
+            pool = batch * POOL_FACTOR if calib is not None else batch
+            if calib is not None:
+                pool = max(pool, CALIBRATION_MIN_POOL)
+            flat = rng.choice(cell_p.size, size=pool, p=cell_p)
+            codes = np.stack(np.unravel_index(flat, sizes), axis=1) if sizes else np.zeros((pool, 0), int)
             frame = self._generate(codes, gen)
+            if calib is not None:
+                # derived-label consistency first, then calibrate the pool, then the user's filters
+                ok = self._derived_ok(frame, codes, derived)
+                frame, codes = frame.loc[ok].reset_index(drop=True), codes[ok]
+                pick = calib.draw(frame, restricted, max(len(frame) // POOL_FACTOR, 1), rng)
+                frame, codes = frame.iloc[pick].reset_index(drop=True), codes[pick]
+                batch = len(frame)
             tried += batch
             if need_rejection:
-                mask = np.ones(batch, dtype=bool)
+                mask = np.ones(len(frame), dtype=bool)
                 for f in rest:
                     mask &= f.mask(frame)
                 if where is not None:
                     mask &= np.asarray(where(frame), dtype=bool)
-                for j, b in derived:
+                for j, b in derived if calib is None else ():
                     want = self.encoder._discrete_series(b, codes[:, j])
                     got = frame[b.name]
                     unknown = want.isna().to_numpy() | got.isna().to_numpy()
@@ -197,6 +224,17 @@ class TrainedGenerator:
                 raise ToolInputError(self._impossible_message(filters, where, have, tried, stratum))
         out = pd.concat(kept, ignore_index=True).iloc[:count].reset_index(drop=True)
         return out
+
+    def _derived_ok(self, frame: pd.DataFrame, codes: np.ndarray, derived: list) -> np.ndarray:
+        """Records whose rule-derived conditioning columns still equal the condition they were made for."""
+        mask = np.ones(len(frame), dtype=bool)
+        for j, b in derived:
+            want = self.encoder._discrete_series(b, codes[:, j])
+            got = frame[b.name]
+            unknown = want.isna().to_numpy() | got.isna().to_numpy()
+            same = want.astype(object).astype(str).to_numpy() == got.astype(object).astype(str).to_numpy()
+            mask &= unknown | same
+        return mask
 
     def _rule_derived_conditions(self) -> list[tuple[int, Any]]:
         """(index, block) of the conditioning columns that `apply_rules` may rewrite."""
@@ -252,8 +290,30 @@ class TrainedGenerator:
                     for k, v in part.items():
                         store.setdefault(k, []).append(v)
         cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
-        frame = enc.decode(cat(numeric), cat(missing), cat(discrete), cond_codes)
-        return apply_rules(frame, self.schema) if self.consistency_rules else frame
+        numeric, missing, discrete = cat(numeric), cat(missing), cat(discrete)
+        if self.consistency_rules:
+            missing.update({k: v for k, v in presence_overrides(self.schema, self._diagnosed(discrete, cond_codes)).items()
+                            if k in missing})
+        frame = enc.decode(numeric, missing, discrete, cond_codes)
+        if self.consistency_rules:
+            frame = apply_rules(frame, self.schema)
+        return round_to_precision(frame, self.schema)
+
+    def _diagnosed(self, discrete: dict, cond_codes: np.ndarray) -> np.ndarray | None:
+        """The generated 0/1 diagnosis flag per record (NaN when missing), or None without that column."""
+        name = "diabetes_diagnosed"
+        enc = self.encoder
+        for j, b in enumerate(enc.cond_blocks):
+            if b.name == name:
+                codes = cond_codes[:, j]
+                break
+        else:
+            b = next((b for b in enc.blocks if b.name == name), None)
+            if b is None or name not in discrete:
+                return None
+            codes = discrete[name]
+        labels = np.array([1.0 if lab == "1" else (0.0 if lab == "0" else np.nan) for lab in b.categories])
+        return labels[codes] if len(codes) else np.zeros(0)
 
     # ---- persistence ---------------------------------------------------------------------
     def manifest(self, extra: dict | None = None) -> dict:
@@ -267,7 +327,7 @@ class TrainedGenerator:
                 "columns": self.conditions,
                 "sizes": list(self.cond_hist.shape),
                 "noisy_counts": [round(float(v), 3) for v in self.cond_hist.ravel()],
-                "mechanism": "laplace (epsilon-DP, L1 sensitivity 1, clipped at 0)",
+                "mechanism": "OpenDP discrete Gaussian (zCDP, L2 sensitivity 1), made consistent with the other DP tables",
             },
             "privacy": {
                 "epsilon": self.epsilon,

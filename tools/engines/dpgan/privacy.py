@@ -11,6 +11,7 @@ and DP-SGD ((epsilon, delta) from the PRV or RDP accountant) compose by basic se
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def norm_sub(noisy: np.ndarray) -> np.ndarray:
     x = np.asarray(noisy, dtype=float).ravel()
     total = float(x.sum())
     if total <= 0 or not np.isfinite(total):
-        return np.full(x.shape, 1.0 / max(x.size, 1))
+        return np.full(np.shape(noisy), 1.0 / max(x.size, 1))
     v = np.sort(x)[::-1]
     csum = np.cumsum(v)
     k = np.arange(1, v.size + 1)
@@ -147,3 +148,101 @@ def gaussian_tables(tables: list[np.ndarray], epsilon: float, delta: float,
         return [np.ones_like(t, dtype=float) for t in tables], 0.0
     sigma = analytic_gaussian_sigma(epsilon, delta, math.sqrt(len(tables)))
     return [t.astype(float) + rng.normal(0.0, sigma, size=t.shape) for t in tables], sigma
+
+
+# ---- secure mechanisms (OpenDP) ---------------------------------------------------------------
+# Every privacy draw of the engine comes from a cryptographically secure source: the releases before
+# training through OpenDP measurements (exact discrete Gaussian / discrete Laplace / noisy max, sampled
+# from OpenSSL's CSPRNG inside the OpenDP library, which also closes Mironov's floating-point attack on
+# textbook Laplace), DP-SGD noise and Poisson sampling from torch Generators seeded from os.urandom
+# (torchcsprng, Opacus' `secure_mode`, does not install on Python 3.11 / torch 2.x; a CPU torch
+# Generator is MT19937, so the secret os.urandom seed - never stored - is what makes it unpredictable).
+# The user's seed never touches any of these.
+
+
+def _opendp() -> object:
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    return dp
+
+
+def secure_seed() -> int:
+    """A 63-bit seed from os.urandom (never stored or reported)."""
+    return int.from_bytes(os.urandom(8), "big") & ((1 << 63) - 1)
+
+
+def secure_torch_generator() -> object:
+    import torch
+
+    return torch.Generator().manual_seed(secure_seed())
+
+
+def gaussian_rho(scale: float) -> float:
+    """zCDP rho of OpenDP's (discrete) Gaussian measurement on a count vector, L2 sensitivity 1."""
+    dp = _opendp()
+    vec = dp.vector_domain(dp.atom_domain(T=int))
+    return float(dp.m.make_gaussian(vec, dp.l2_distance(T=float), scale=float(scale)).map(1.0))
+
+
+def secure_gaussian_counts(counts: np.ndarray, scale: float) -> np.ndarray:
+    """Exact discrete-Gaussian noise of std `scale` added to integer counts by OpenDP (secure RNG)."""
+    dp = _opendp()
+    vec = dp.vector_domain(dp.atom_domain(T=int))
+    meas = dp.m.make_gaussian(vec, dp.l2_distance(T=float), scale=float(scale))
+    flat = np.asarray(counts).ravel().astype(np.int64).tolist()
+    return np.asarray(meas(flat), dtype=float).reshape(np.shape(counts))
+
+
+def secure_laplace_counts(counts: np.ndarray, scale: float) -> np.ndarray:
+    """Exact discrete-Laplace noise of scale `scale` added to integer counts by OpenDP (secure RNG)."""
+    dp = _opendp()
+    vec = dp.vector_domain(dp.atom_domain(T=int))
+    meas = dp.m.make_laplace(vec, dp.l1_distance(T=int), scale=float(scale))
+    flat = np.asarray(counts).ravel().astype(np.int64).tolist()
+    return np.asarray(meas(flat), dtype=float).reshape(np.shape(counts))
+
+
+def noisy_max_rho(scale: float) -> float:
+    """zCDP rho of OpenDP's noisy-max selection (exponential mechanism) for scores of sensitivity 1."""
+    dp = _opendp()
+    space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.linf_distance(T=float)
+    return float(dp.m.make_noisy_max(*space, dp.zero_concentrated_divergence(), scale=float(scale)).map(1.0))
+
+
+def secure_noisy_max(scores: np.ndarray, scale: float) -> int:
+    """Index of the (noisily) highest score, by OpenDP's exponential mechanism (secure RNG)."""
+    dp = _opendp()
+    space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.linf_distance(T=float)
+    meas = dp.m.make_noisy_max(*space, dp.zero_concentrated_divergence(), scale=float(scale))
+    return int(meas([float(s) for s in np.asarray(scores, dtype=float)]))
+
+
+def zcdp_to_epsilon(rho: float, delta: float) -> float:
+    """epsilon of a rho-zCDP release at this delta, by OpenDP's zCDP -> approximate-DP conversion."""
+    if rho <= 0:
+        return 0.0
+    dp = _opendp()
+    vec = dp.vector_domain(dp.atom_domain(T=int))
+    gau = dp.m.make_gaussian(vec, dp.l2_distance(T=float), scale=float(1.0 / math.sqrt(2.0 * rho)))
+    return float(dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(gau), delta=float(delta)).map(1.0)[0])
+
+
+def rho_for_epsilon(epsilon: float, delta: float) -> float:
+    """The largest rho (to 1e-6 relative, rounded down) whose OpenDP conversion is <= epsilon at delta."""
+    if epsilon <= 0:
+        return 0.0
+    if not 0 < delta < 1:
+        raise ValueError("a zCDP budget needs 0 < delta < 1")
+    lo, hi = 0.0, max(epsilon, 1e-6)
+    while zcdp_to_epsilon(hi, delta) <= epsilon:
+        hi *= 2.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if zcdp_to_epsilon(mid, delta) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-6 * hi:
+            break
+    return float(lo)

@@ -60,7 +60,8 @@ def apply_rules(frame: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
     if has("diabetes_diagnosed", "diabetes_age_at_diagnosis", "age_years"):
         dx = _num(frame, "diabetes_diagnosed")
         age, at = _num(frame, "age_years"), _num(frame, "diabetes_age_at_diagnosis")
-        at = np.where(dx == 1, np.minimum(at, age), np.nan)
+        # Diagnosed in adulthood at the latest at the current age: duration <= age - 18 (coherence rule).
+        at = np.where(dx == 1, np.clip(at, np.minimum(18.0, age), age), np.nan)
         _set_float(frame, schema, "diabetes_age_at_diagnosis", at)
         if has("diabetes_duration_years"):
             _set_float(frame, schema, "diabetes_duration_years", age - _num(frame, "diabetes_age_at_diagnosis"))
@@ -76,4 +77,35 @@ def apply_rules(frame: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
         flag[(dx == 0) & (a1c < 6.5)] = 0.0
         flag[(dx == 1) | (a1c >= 6.5)] = 1.0
         _set_binary(frame, "diabetes", flag, schema)
+    return frame
+
+
+def presence_overrides(schema: SourceSchema, diagnosed: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Missingness masks fixed by coherence rules, from the generated diagnosis flag (1 = diagnosed):
+    age at diagnosis (hence duration) is present exactly when diabetes is diagnosed."""
+    cols = set(schema.column_map())
+    if diagnosed is None or "diabetes_age_at_diagnosis" not in cols:
+        return {}
+    return {"diabetes_age_at_diagnosis": np.asarray(diagnosed) != 1}
+
+
+def round_to_precision(frame: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
+    """Round every numeric column with a declared `precision` to a multiple of it, inside its bounds."""
+    if not len(frame):
+        return frame
+    for c in schema.columns:
+        if not c.is_numeric or c.precision is None or c.name not in frame:
+            continue
+        p = float(c.precision)
+        v = _num(frame, c.name)
+        lo, hi = np.ceil(c.lower / p - 1e-9) * p, np.floor(c.upper / p + 1e-9) * p
+        r = np.clip(np.round(v / p) * p, lo, hi)
+        digits = max(0, -int(np.floor(np.log10(p)))) if p < 1 else 0
+        r = np.round(r, digits)
+        if c.type.value == "integer":
+            arr = pd.array(np.where(np.isnan(r), 0, r).astype(np.int64), dtype="Int64")
+            arr[np.isnan(r)] = pd.NA
+            frame[c.name] = arr
+        else:
+            frame[c.name] = r
     return frame

@@ -1,0 +1,127 @@
+"""Sampling calibration: generator records weighted to the released DP tables (post-processing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests._dpgan_fixture import FIXTURE_SCHEMA, fast_settings, fixture_frame
+from synthehr.tools.engines.dpgan import TrainedGenerator, default_delta, train_dpgan
+from synthehr.tools.engines.dpgan.calibrate import Calibrator, ReleasedTable
+from synthehr.tools.engines.dpgan.encoding import TableEncoder
+
+CONDS = ["diabetes", "sex"]
+
+
+def _tvd(p: np.ndarray, q: np.ndarray) -> float:
+    return 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def _calibrator(tables: list[ReleasedTable]) -> Calibrator:
+    enc = TableEncoder(FIXTURE_SCHEMA, CONDS, 8)
+    return Calibrator(enc, 8, 4, {}, tables)
+
+
+def _pool(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "age_years": rng.integers(18, 90, n), "sex": rng.choice(["female", "male"], n),
+        "race_ethnicity": rng.choice(["A", "B", "C"], n), "bmi_kg_m2": rng.uniform(12, 70, n),
+        "hba1c_pct": rng.uniform(3, 16, n), "sbp_mmhg": rng.uniform(70, 240, n),
+        "diabetes_diagnosed": rng.integers(0, 2, n), "diabetes": rng.integers(0, 2, n),
+        "smoking_status": rng.choice(["never", "former", "current"], n)})
+
+
+def test_raking_matches_a_reachable_table_and_keeps_weights_bounded() -> None:
+    # race x diabetes target: race A much more common among diabetes == 1
+    target = np.array([[0.30, 0.05], [0.25, 0.05], [0.25, 0.10]])  # race (A, B, C) x diabetes (0, 1)
+    cal = _calibrator([ReleasedTable(("race_ethnicity", "diabetes"), ("fine", "cond"), target / target.sum())])
+    pool = _pool(20_000, 1)
+    w = cal.weights(pool, [])
+    codes = cal.coder.codes(pool, "race_ethnicity", "fine") * 2 + cal.coder.codes(pool, "diabetes", "cond")
+    got = np.bincount(codes, weights=w, minlength=6).reshape(3, 2)
+    raw = np.bincount(codes, minlength=6).reshape(3, 2).astype(float)
+    assert _tvd(raw, target) > 0.1
+    assert _tvd(got, target) < 0.01
+    assert w.max() / w.mean() <= 4.0 + 1e-9 and w.min() / w.mean() >= 0.25 - 1e-9
+
+
+def test_target_for_a_restricted_cohort_is_the_table_conditioned_on_it() -> None:
+    target = np.array([[0.30, 0.05], [0.25, 0.05], [0.25, 0.10]])
+    t = ReleasedTable(("race_ethnicity", "diabetes"), ("fine", "cond"), target / target.sum())
+    cal = _calibrator([t])
+    pool_r = np.array([0.0, 1.0])  # a diabetes == 1 cohort
+    tgt = cal.table_target(t, ["diabetes"], pool_r)
+    assert np.allclose(tgt[:, 1], target[:, 1] / target[:, 1].sum()) and np.allclose(tgt[:, 0], 0)
+
+
+def test_a_pair_without_the_cohort_column_is_conditioned_through_the_max_entropy_joint() -> None:
+    # bmi x diabetes and race x diabetes measured, plus a race x bmi pair: P(race, bmi | diabetes=1)
+    enc = TableEncoder(FIXTURE_SCHEMA, CONDS, 8)
+    rng = np.random.default_rng(0)
+    joint = rng.random((3, 9, 2)) + 0.05  # race x bmi(8 bins + missing) x diabetes
+    joint /= joint.sum()
+    tables = [ReleasedTable(("race_ethnicity", "diabetes"), ("fine", "cond"), joint.sum(1)),
+              ReleasedTable(("bmi_kg_m2", "diabetes"), ("fine", "cond"), joint.sum(0)),
+              ReleasedTable(("race_ethnicity", "bmi_kg_m2"), ("fine", "fine"), joint.sum(2))]
+    cal = Calibrator(enc, 8, 4, {}, tables)
+    tgt = cal.table_target(tables[2], ["diabetes"], np.array([0.0, 1.0]))
+    assert tgt.shape == (3, 9) and abs(tgt.sum() - 1) < 1e-9
+    # its margins are the diabetes == 1 margins of the measured tables
+    assert np.allclose(tgt.sum(1), joint[:, :, 1].sum(1) / joint[:, :, 1].sum(), atol=1e-6)
+    assert np.allclose(tgt.sum(0), joint[:, :, 1].sum(0) / joint[:, :, 1].sum(), atol=1e-6)
+
+
+def test_a_table_not_linked_to_a_restricted_column_is_left_alone() -> None:
+    # restricting on sex: a bmi x diabetes table says nothing about bmi among women -> not used
+    t = ReleasedTable(("bmi_kg_m2", "diabetes"), ("fine", "cond"), np.full((9, 2), 1 / 18))
+    cal = _calibrator([t])
+    assert not cal.usable(t, ["sex"])
+    assert cal.usable(t, ["diabetes"])
+    pool = _pool(5_000, 2)
+    assert np.allclose(cal.weights(pool, ["sex"]), 1.0)
+
+
+@pytest.fixture(scope="module")
+def model() -> TrainedGenerator:
+    frame = fixture_frame(600, seed=3)
+    return train_dpgan(frame, FIXTURE_SCHEMA, target_epsilon=2.0, target_delta=default_delta(len(frame)),
+                       conditions=CONDS, seed=4, settings=fast_settings(epochs=2), preprocessing_share=0.5,
+                       n_public=len(frame))
+
+
+def test_calibrated_sampling_is_exact_in_size_reproducible_and_draws_without_replacement(model: TrainedGenerator) -> None:
+    assert model.calibrator is not None
+    a = model.sample(1500, seed=11, fixed={"diabetes": 1})
+    b = model.sample(1500, seed=11, fixed={"diabetes": 1})
+    assert len(a) == 1500 and (a["diabetes"].astype(str) == "1").all()
+    pd.testing.assert_frame_equal(a, b)
+    # records are drawn from the pool without replacement
+    pool = _pool(4_000, 3)
+    pick = model.calibrator.draw(pool, ["diabetes"], 1_000, np.random.default_rng(0))
+    assert len(pick) == 1_000 and len(set(pick.tolist())) == 1_000
+
+
+def test_calibration_moves_the_sample_towards_the_released_tables(model: TrainedGenerator) -> None:
+    cal = model.calibrator
+    tables = [t for t in cal.tables if set(t.cols) == {"hba1c_pct", "diabetes"}]
+    assert tables
+    t = tables[0]
+
+    def dist(frame: pd.DataFrame) -> np.ndarray:
+        idx = np.ravel_multi_index(tuple(cal.coder.codes(frame, c, z) for c, z in zip(t.cols, t.res)), t.probs.shape)
+        return np.bincount(idx, minlength=t.probs.size).reshape(t.probs.shape).astype(float)
+
+    model.calibrate = False
+    try:
+        raw = model.sample(20_000, seed=5)
+    finally:
+        model.calibrate = True
+    cal_s = model.sample(20_000, seed=5)
+    assert _tvd(dist(cal_s), t.probs) < _tvd(dist(raw), t.probs)
+
+
+def test_filters_on_generated_columns_apply_after_calibration(model: TrainedGenerator) -> None:
+    s = model.sample(400, seed=3, fixed={"diabetes": 1}, filters=["age_years>=65"])
+    assert len(s) == 400 and (pd.to_numeric(s["age_years"]) >= 65).all()

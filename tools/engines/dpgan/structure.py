@@ -1,0 +1,434 @@
+"""Private structure: AIM/MST-style selection and measurement of 2-way marginals, made consistent.
+
+What is released (all inside one zCDP budget rho, converted to (epsilon_pre, delta_pre) by OpenDP):
+  * the mandatory workload: every other column (generated or conditioning) x the first conditioning
+    column (the cohort label); with no conditioning column, every column's 1-way marginal;
+  * `rounds` extra pairs (any two columns, generated or conditioning), each picked by the
+    exponential mechanism (OpenDP noisy max) among the pairs not yet measured, with AIM's quality
+    score  ||M(D) - M(estimate)||_1 - sqrt(2/pi) * sigma * cells  (sensitivity 1: the estimate is
+    computed from earlier noisy releases only), then measured.
+Every table is measured with OpenDP's exact discrete Gaussian (L2 sensitivity 1 under add/remove one
+record). Noise and selection draw from OpenDP's secure RNG; nothing here uses the user's seed.
+
+The joint distribution of the conditioning columns (condition vectors are drawn from it) is the
+maximum-entropy fit (iterative proportional fitting) to every measured table whose columns are all
+conditioning columns: post-processing, no extra cost, and far less noisy than measuring a joint
+histogram of hundreds of cells.
+
+Cells: discrete columns use their labels (+ missing); numeric columns use `fine` equal-width bins of
+the PUBLIC range (+ missing) in the tables with the label, and `coarse` groups of adjacent fine bins
+in the selected pairs. The groups are the quantiles of the column's DP fine margin (post-processing of
+the mandatory table, no extra cost), so coarse cells are not wasted on the empty tails of a wide
+public range; the generator's fine softmax maps onto both.
+
+Documented, data-independent rules (n = public row count, d = number of columns, eps = target):
+  coarse bins  B = clip(round((n * eps) ** (1/3) / 2), 3, 8)
+  fine bins    F = 4 * B
+  rounds       T = min(#candidate pairs, d)    (candidate: a pair of <= max(64, n * eps / 20) cells)
+  rho split    50 % mandatory tables (equal shares, except DEMOGRAPHIC_WEIGHT = 4 shares for each column the
+               source declares demographic), 50 % selected pairs: per round 10 % selection,
+               90 % measurement (AIM's measure_split); no pairs: all to the mandatory tables.
+Consistency ("own projection"; mbi 2.0.0 needs jax, kept out of the shared venv): each noisy table is
+made non-negative with its total kept (norm-sub); all tables are scaled to one total (inverse-variance
+mean of the tables' totals); the label margin is the inverse-variance mean of all mandatory tables'
+label margins, a column's margin is taken from its (label-fitted) mandatory table, and every table is
+fitted to those margins by iterative proportional fitting. Before that, a numeric column's fine bins
+are smoothed with a [1, 2, 1] / 4 kernel (`smooth_fine`) and bins (and the missing cell) outside the support of the pooled
+margin (below 2 noise std) are zeroed (`support_mask`). All of this is post-processing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synthehr.tools.engines.dpgan.encoding import Block, TableEncoder
+from synthehr.tools.engines.dpgan.privacy import (gaussian_rho, noisy_max_rho, norm_sub, secure_gaussian_counts,
+                                                  secure_noisy_max)
+
+MAX_JOINT_CELLS = 100_000
+# A demographic column's table with the label (declared in the source schema) gets this many times the
+# share of an ordinary column's: a cohort's age, sex and race/ethnicity make-up is what readers check first.
+DEMOGRAPHIC_WEIGHT = 4.0
+# The label's own 1-way table (the cohort sizes): same weight. Without it the label margin is the sum of
+# many noisy cells of every column x label table, whose noise grows with the number of cells.
+LABEL_WEIGHT = 4.0
+
+
+def coarse_bins(n: int, epsilon: float) -> int:
+    return int(np.clip(round((max(n, 1) * max(epsilon, 1e-9)) ** (1.0 / 3.0) / 2.0), 3, 8))
+
+
+def fine_bins(n: int, epsilon: float) -> int:
+    return 4 * coarse_bins(n, epsilon)
+
+
+def max_pair_cells(n: int, epsilon: float) -> int:
+    return int(max(64, n * epsilon / 20))
+
+
+def mandatory_weights(schema: Any, conditions: list[str], generated: list[str]) -> list[tuple[tuple, tuple, float]]:
+    """The mandatory workload: (columns, resolutions, budget weight) of each table."""
+    conds = list(conditions)
+    label = conds[0] if conds else None
+    if not label:
+        return [((c,), ("fine",), 1.0) for c in generated]
+    demo = set(getattr(schema, "demographics", []) or [])
+    out: list[tuple[tuple, tuple, float]] = [((label,), ("cond",), LABEL_WEIGHT)]
+    for c in conds[1:] + list(generated):
+        out.append(((c, label), ("cond" if c in conds else "fine", "cond"), DEMOGRAPHIC_WEIGHT if c in demo else 1.0))
+    return out
+
+
+@dataclass
+class Table:
+    """One measured marginal: `cols` with per-column resolution ('fine'/'coarse'/'cond'), noisy counts."""
+
+    cols: tuple[str, ...]
+    res: tuple[str, ...]
+    counts: np.ndarray  # non-negative, consistent after `project`
+    sigma: float
+    kind: str  # "mandatory" | "selected"
+    clean: bool = False
+
+    def describe(self) -> dict:
+        """Public: the post-processed noisy counts (a DP release) and how they were measured."""
+        return {"columns": list(self.cols), "resolution": list(self.res), "kind": self.kind,
+                "sigma": round(float(self.sigma), 4), "shape": list(self.counts.shape),
+                "counts": [round(float(v), 2) for v in self.counts.ravel()]}
+
+
+@dataclass
+class Structure:
+    tables: list[Table] = field(default_factory=list)
+    rho: float = 0.0
+    total: float = 0.0
+    bins_coarse: int = 3
+    bins_fine: int = 12
+    rounds: int = 0
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    cond_joint: np.ndarray | None = None
+
+    def describe(self) -> dict:
+        return {"rho": self.rho, "bins_coarse": self.bins_coarse, "bins_fine": self.bins_fine, "rounds": self.rounds,
+                "total": round(float(self.total), 2), "coarse_groups": self.groups,
+                "tables": [t.describe() for t in self.tables]}
+
+
+class CellCoder:
+    """Record -> cell index of a column at a resolution (public bins or DP-derived groups)."""
+
+    def __init__(self, enc: TableEncoder, fine: int, coarse: int):
+        self.enc = enc
+        self.fine, self.coarse = fine, coarse
+        self.blocks: dict[str, Block] = {b.name: b for b in enc.blocks}
+        self.cond: dict[str, Block] = {b.name: b for b in enc.cond_blocks}
+        # numeric column -> coarse group of each fine bin (default: equal groups of adjacent bins)
+        self.groups: dict[str, np.ndarray] = {}
+
+    def group_of(self, col: str) -> np.ndarray:
+        g = self.groups.get(col)
+        return g if g is not None else np.arange(self.fine) // (self.fine // self.coarse)
+
+    def size(self, col: str, res: str) -> int:
+        if col in self.cond:
+            return self.cond[col].width
+        b = self.blocks[col]
+        if b.kind == "discrete":
+            return b.width
+        k = self.fine if res == "fine" else self.coarse
+        return k + (1 if b.has_missing else 0)
+
+    def codes(self, frame: pd.DataFrame, col: str, res: str) -> np.ndarray:
+        if col in self.cond:
+            return self.enc.discrete_codes(frame[col], self.cond[col])
+        b = self.blocks[col]
+        if b.kind == "discrete":
+            return self.enc.discrete_codes(frame[col], b)
+        fine = self.enc.marginal_codes(frame, b, self.fine)  # fine bins, missing -> self.fine
+        if res == "fine":
+            return fine
+        g = self.group_of(col)
+        return np.where(fine == self.fine, self.coarse, g[np.minimum(fine, self.fine - 1)])
+
+    def torch_mats(self) -> dict:
+        """Cached torch versions of `coarsen_matrix` for every numeric column."""
+        import torch
+
+        if getattr(self, "_mats", None) is None:
+            self._mats = {name: torch.from_numpy(self.coarsen_matrix(name)) for name, b in self.blocks.items()
+                          if b.kind == "numeric"}
+        return self._mats
+
+    def coarsen_matrix(self, col: str) -> np.ndarray:
+        """(fine cells) x (coarse cells) 0/1 matrix (missing cell maps to missing cell)."""
+        b = self.blocks[col]
+        g = self.group_of(col)
+        m = np.zeros((self.size(col, "fine"), self.size(col, "coarse")), dtype=np.float32)
+        m[np.arange(self.fine), g] = 1.0
+        if b.has_missing:
+            m[self.fine, self.coarse] = 1.0
+        return m
+
+
+def _count(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    flat = np.ravel_multi_index(tuple(codes), sizes) if codes else np.zeros(0, dtype=int)
+    return np.bincount(flat, minlength=int(np.prod(sizes))).reshape(sizes).astype(float)
+
+
+def _convert(margin: np.ndarray, coder: CellCoder, col: str, src: str, dst: str) -> np.ndarray:
+    """A 1-way margin from resolution src to dst (fine -> coarse sums the groups)."""
+    if src == dst or col in coder.cond or coder.blocks[col].kind == "discrete":
+        return margin
+    return margin @ coder.coarsen_matrix(col)
+
+
+def quantile_groups(fine_margin: np.ndarray, fine: int, coarse: int) -> np.ndarray:
+    """Group id of each fine bin: contiguous groups holding ~1/coarse of the (DP) mass each."""
+    m = np.clip(np.asarray(fine_margin[:fine], dtype=float), 0, None) + 1e-9
+    cdf = np.cumsum(m) / m.sum()
+    mid = cdf - m / m.sum() / 2
+    return np.minimum((mid * coarse).astype(int), coarse - 1)
+
+
+def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_public: float, epsilon: float,
+                      fine: int | None = None) -> tuple[Structure, CellCoder]:
+    """Select and measure the tables (rho-zCDP in total, checked), then make them consistent."""
+    B = coarse_bins(int(n_public), epsilon)
+    F = int(fine) if fine else fine_bins(int(n_public), epsilon)
+    B = min(B, F)
+    coder = CellCoder(enc, F, B)
+    conds = [b.name for b in enc.cond_blocks]
+    gen_cols = [b.name for b in enc.blocks]
+    all_cols = conds + gen_cols
+    label = conds[0] if conds else None
+    st = Structure(bins_coarse=B, bins_fine=F)
+    if rho <= 0:
+        st.cond_joint = np.ones(enc.cond_sizes or [1])
+        return st, coder
+    spent = 0.0
+    others = [c for c in all_cols if c != label]
+    plan = mandatory_weights(enc.schema, conds, gen_cols)
+    mandatory = [(cols, res) for cols, res, _ in plan]
+    weights = [w for *_, w in plan]
+    candidates = []
+    for a, b in itertools.combinations(all_cols, 2):
+        if label in (a, b):
+            continue  # already in the mandatory workload
+        res = tuple("cond" if c in conds else "coarse" for c in (a, b))
+        if coder.size(a, res[0]) * coder.size(b, res[1]) <= max_pair_cells(int(n_public), epsilon):
+            candidates.append(((a, b), res))
+    rounds = min(len(candidates), len(all_cols))
+    st.rounds = rounds
+    rho_mand = 0.5 * rho if rounds else rho
+    rho_sel = rho - rho_mand
+
+    def measure(cols: tuple[str, ...], res: tuple[str, ...], r: float, kind: str) -> float:
+        sigma = 1.0 / math.sqrt(2.0 * r)
+        true = _count([coder.codes(frame, c, z) for c, z in zip(cols, res)], [coder.size(c, z) for c, z in zip(cols, res)])
+        st.tables.append(Table(cols, res, secure_gaussian_counts(true, sigma), sigma, kind))
+        return gaussian_rho(sigma)
+
+    for (cols, res), w in zip(mandatory, weights):
+        spent += measure(cols, res, rho_mand * w / sum(weights), "mandatory")
+    _project(st, coder)
+    # Coarse groups from the DP fine margins (post-processing).
+    for t in st.tables:
+        if t.kind == "mandatory" and t.res[0] == "fine" and coder.blocks[t.cols[0]].kind == "numeric":
+            m = t.counts if t.counts.ndim == 1 else t.counts.sum(axis=1)
+            coder.groups[t.cols[0]] = quantile_groups(m, F, B)
+    st.groups = {k: [int(x) for x in v] for k, v in coder.groups.items()}
+    if rounds:
+        per_round = rho_sel / rounds
+        r_select, r_measure = 0.1 * per_round, 0.9 * per_round
+        scale = 1.0 / math.sqrt(2.0 * r_select)  # noisy max: rho = 1 / (2 scale^2) at sensitivity 1
+        sigma_m = 1.0 / math.sqrt(2.0 * r_measure)
+        left = list(candidates)
+        truths = {cr: _count([coder.codes(frame, c, z) for c, z in zip(*cr)], [coder.size(c, z) for c, z in zip(*cr)])
+                  for cr in left}
+        for _ in range(rounds):
+            scores = []
+            for cr in left:
+                est = _estimate(st, coder, *cr)
+                true = truths[cr]
+                scores.append(float(np.abs(true - est).sum()) - math.sqrt(2 / math.pi) * sigma_m * true.size)
+            pick = secure_noisy_max(np.asarray(scores), scale)
+            spent += noisy_max_rho(scale)
+            cols, res = left.pop(pick)
+            spent += measure(cols, res, r_measure, "selected")
+            _project(st, coder)
+    if spent > rho * (1 + 1e-9):
+        raise RuntimeError(f"structure measurements spent rho {spent} > budget {rho}")
+    st.rho = spent
+    _project(st, coder)
+    st.cond_joint = condition_joint(st, coder)
+    return st, coder
+
+
+def _margin(t: Table, axis: int) -> np.ndarray:
+    return t.counts.sum(axis=tuple(k for k in range(t.counts.ndim) if k != axis))
+
+
+def _label_margin(st: Structure) -> np.ndarray | None:
+    """Inverse-variance mean of the label margins of all mandatory label tables."""
+    ms, ws = [], []
+    for t in st.tables:
+        if t.kind == "mandatory" and t.res[-1] == "cond" and t.counts.ndim == 2:
+            ms.append(_margin(t, 1))
+            ws.append(1.0 / (t.sigma**2 * t.counts.shape[0]))
+        elif t.kind == "mandatory" and t.res == ("cond",) and t.counts.ndim == 1:
+            ms.append(t.counts)  # the label's own table
+            ws.append(1.0 / t.sigma**2)
+    if not ms:
+        return None
+    w = np.asarray(ws)
+    return (np.stack(ms) * w[:, None]).sum(0) / w.sum()
+
+
+def _reference_margins(st: Structure, coder: CellCoder) -> dict[str, tuple[str, np.ndarray]]:
+    """column -> (resolution, 1-way counts): the label's consensus margin, others from their mandatory table."""
+    ref: dict[str, tuple[str, np.ndarray]] = {}
+    lab = _label_margin(st)
+    for t in st.tables:
+        if t.kind == "mandatory":
+            ref.setdefault(t.cols[0], (t.res[0], _margin(t, 0)))
+            if lab is not None and len(t.cols) == 2:
+                ref[t.cols[1]] = ("cond", lab)
+    return ref
+
+
+def _ipf(t: Table, targets: list[tuple[int, np.ndarray]], iters: int) -> None:
+    for _ in range(iters if targets else 0):
+        for k, m in targets:
+            cur = _margin(t, k)
+            ratio = np.where(cur > 0, m / np.maximum(cur, 1e-12), 0.0)
+            shape = [1] * t.counts.ndim
+            shape[k] = -1
+            t.counts = t.counts * ratio.reshape(shape)
+
+
+def smooth_fine(counts: np.ndarray, axis: int, fine: int) -> np.ndarray:
+    """Post-processing of a noisy table along a numeric column's fine-bin axis: a [1, 2, 1] / 4 kernel
+    over adjacent bins (edges reflected; the missing cell untouched). Noise variance drops to 3/8 while
+    a smooth distribution barely moves."""
+    x = np.moveaxis(np.asarray(counts, dtype=float), axis, 0).copy()
+    v = x[:fine]
+    left = np.concatenate([v[:1], v[:-1]], axis=0)
+    right = np.concatenate([v[1:], v[-1:]], axis=0)
+    x[:fine] = 0.5 * v + 0.25 * left + 0.25 * right
+    return np.moveaxis(x, 0, axis)
+
+
+def support_mask(counts: np.ndarray, axis: int, fine: int, sigma: float, k: float = 2.0) -> np.ndarray:
+    """Post-processing: zero a fine bin of a (smoothed) noisy table unless the bin itself or the table's
+    pooled (all-label) margin there exceeds k times its noise std (sigma * sqrt(3/8) per smoothed cell,
+    times sqrt(rows) pooled). Without it, noise in the many empty bins of a wide public range leaks
+    mass into the tails and shifts means (HbA1c 3-20 %, BMI 12-90); keeping a bin that is strong in its
+    own row keeps a subgroup's real tail (e.g. high HbA1c among people with diabetes). The missing cell
+    is never masked."""
+    x = np.moveaxis(np.asarray(counts, dtype=float), axis, 0).copy()
+    rows = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+    sd = sigma * math.sqrt(0.375)
+    body = x[:fine].reshape(fine, -1)
+    pooled = body.sum(axis=1)
+    keep = (pooled > k * sd * math.sqrt(rows))[:, None] | (body > k * sd)
+    if keep.any():
+        x[:fine] = np.where(keep, body, 0.0).reshape(x[:fine].shape)
+    if x.shape[0] > fine:
+        # the missing cell: same rule (a column without missing values must not get noise as "missing")
+        miss = x[fine:].reshape(x.shape[0] - fine, -1)
+        keep_m = (miss.sum(axis=1, keepdims=True) > k * sd * math.sqrt(rows)) | (miss > k * sd)
+        x[fine:] = np.where(keep_m, miss, 0.0).reshape(x[fine:].shape)
+    return np.moveaxis(x, 0, axis)
+
+
+def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
+    """Non-negative tables with one total and shared 1-way margins (post-processing, in place)."""
+    if not st.tables:
+        return
+    for t in st.tables:
+        if not t.clean:
+            for k, (c, z) in enumerate(zip(t.cols, t.res)):
+                if z == "fine" and c in coder.blocks and coder.blocks[c].kind == "numeric":
+                    t.counts = support_mask(smooth_fine(t.counts, k, coder.fine), k, coder.fine, t.sigma)
+            t.counts = norm_sub(t.counts)
+            t.clean = True
+    w = np.array([1.0 / (t.sigma**2 * t.counts.size) for t in st.tables])
+    tot = np.array([t.counts.sum() for t in st.tables])
+    total = float(max((w * tot).sum() / w.sum(), 1.0))
+    st.total = total
+    for t in st.tables:
+        s = t.counts.sum()
+        t.counts = t.counts * (total / s) if s > 0 else np.full(t.counts.shape, total / t.counts.size)
+    lab = _label_margin(st)
+    if lab is not None:
+        lab = lab * (total / max(lab.sum(), 1e-12))
+        for t in st.tables:
+            if t.kind == "mandatory" and t.counts.ndim == 2:
+                _ipf(t, [(1, lab)], 1)
+    ref = _reference_margins(st, coder)
+    for t in st.tables:
+        if t.kind == "mandatory":
+            continue
+        targets = []
+        for k, (c, z) in enumerate(zip(t.cols, t.res)):
+            if c in ref:
+                rz, m = ref[c]
+                targets.append((k, _convert(m, coder, c, rz, z)))
+        _ipf(t, targets, iters)
+
+
+def condition_joint(st: Structure, coder: CellCoder, iters: int = 50) -> np.ndarray:
+    """Max-entropy joint of the conditioning columns fitted to every table inside them (post-processing)."""
+    conds = list(coder.cond)
+    sizes = [coder.cond[c].width for c in conds]
+    if not conds:
+        return np.full([1], max(st.total, 1.0))
+    if int(np.prod(sizes)) > MAX_JOINT_CELLS:
+        raise ValueError(f"the conditioning columns have {int(np.prod(sizes))} joint cells; condition on fewer columns")
+    joint = np.full(sizes, max(st.total, 1.0) / float(np.prod(sizes)))
+    inside = [t for t in st.tables if all(c in coder.cond for c in t.cols)]
+    for _ in range(iters if inside else 0):
+        for t in inside:
+            axes = [conds.index(c) for c in t.cols]
+            cur = joint.sum(axis=tuple(k for k in range(joint.ndim) if k not in axes))
+            order = np.argsort(axes)  # cur's axes are in increasing joint-axis order
+            tgt = np.transpose(t.counts, order)
+            ratio = np.where(cur > 0, tgt / np.maximum(cur, 1e-12), 0.0)
+            shape = [sizes[k] if k in axes else 1 for k in range(joint.ndim)]
+            joint = joint * ratio.reshape(shape)
+    return joint
+
+
+def _estimate(st: Structure, coder: CellCoder, cols: tuple[str, ...], res: tuple[str, ...]) -> np.ndarray:
+    """A data-free estimate of a pair's counts from the released tables: conditional independence given
+    the label (product of P(col | label) from the mandatory tables), else independence of 1-way margins."""
+    total = st.total or 1.0
+    mand = {t.cols[0]: t for t in st.tables if t.kind == "mandatory" and len(t.cols) == 2}
+    if mand and all(c in mand for c in cols):
+        lab = _label_margin(st)
+        lab = lab / max(lab.sum(), 1e-12)
+        parts = []
+        for c, z in zip(cols, res):
+            t = mand[c]
+            m = np.stack([_convert(t.counts[:, j], coder, c, t.res[0], z) for j in range(t.counts.shape[1])], axis=0)
+            parts.append(m / np.maximum(m.sum(axis=1, keepdims=True), 1e-12))
+        return np.einsum("l,la,lb->ab", lab, parts[0], parts[1]) * total
+    ref = _reference_margins(st, coder)
+    margins = []
+    for c, z in zip(cols, res):
+        if c in ref:
+            rz, m = ref[c]
+            m = _convert(m, coder, c, rz, z)
+        else:
+            m = np.ones(coder.size(c, z))
+        margins.append(m / max(m.sum(), 1e-12))
+    est = margins[0]
+    for m in margins[1:]:
+        est = np.multiply.outer(est, m)
+    return est * total
