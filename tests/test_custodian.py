@@ -95,8 +95,9 @@ def test_dp_fidelity_compares_with_the_dp_histogram(trained) -> None:  # noqa: A
     for v in fid["columns"].values():
         assert v["scored"] and 0.0 <= v["tvd_complement"] <= 1.0
         assert sum(v["dp_reference_share"].values()) == pytest.approx(1.0, abs=1e-3)
-    # The sampler draws conditions from the DP histogram, so an unfiltered sample is close to it.
-    assert fid["mean_tvd_complement"] > 0.9
+    # The sampler draws conditions from the DP histogram (then weights records to the DP tables, which
+    # share its margins), so an unfiltered sample is close to it.
+    assert fid["mean_tvd_complement"] > 0.85
     # A cohort fixed on diabetes: that column is not scored, sex is compared within the diabetes = 1 cells.
     coh = trained.sample(500, seed=4, fixed={"diabetes": 1})
     fid2 = dp_fidelity(trained, coh, fixed={"diabetes": 1}, proportions={"sex=female": 0.4})

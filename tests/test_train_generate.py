@@ -51,7 +51,11 @@ def test_train_charges_full_target_in_two_lines_and_records_model(tmp_path: Path
     deps = make_deps(tmp_path)
     res = train_generator(deps, TrainGeneratorArgs(source=SRC, epsilon=1.0, seed=3))
     d = res.data
-    assert d["epsilon"] <= 1.0 and d["target_epsilon"] == 1.0 and d["rows_trained"] == 320
+    assert d["epsilon"] <= 1.0 and d["target_epsilon"] == 1.0
+    # The true count (320) is never published: this source declares no n_public, so the DP estimate is shown.
+    assert d["rows_trained_basis"] == "DP estimate" and d["rows_trained"] % 10 == 0
+    manifest = json.loads((Path(d["path"]) / "manifest.json").read_text())
+    assert not {"n_train", "n_holdout", "rows_held_out"} & set(manifest["extra"]) and "rows_held_out" not in d
     # The hook ran; a user source's custodian report is withheld from the answer by default.
     assert d["delta"] < 1 / 400 and d["quality"]["shown"] is False and "called" not in d["quality"]
     charges = deps.workspace.charges(SRC)

@@ -63,8 +63,22 @@ def validate_conditions(schema: SourceSchema, conditions: list[str]) -> list[str
     return seen
 
 
-def public_row_count(deps: Deps, source: str) -> int:
-    """The number of records (public metadata, used for the default delta)."""
+# delta for a source that publishes no row count (below 1/n up to a million records), and the largest a user
+# may ask for there (it cannot be checked against 1/n without reading n).
+UNKNOWN_N_DELTA = 1e-6
+MAX_DELTA_UNKNOWN_N = 1e-4
+
+
+def public_row_count(deps: Deps, source: str) -> int | None:
+    """The row count the source's owner published (`n_public` in its metadata), or None. Only this count
+    may size delta and batches or appear in results; the true count is never published (issue: a record's
+    presence must not show in an exact count)."""
+    n = deps.catalog.get(source).meta.n_public
+    return int(n) if n else None
+
+
+def _private_row_count(deps: Deps, source: str) -> int:
+    """The true row count, for refusing an unusable request only (never shown: messages do not quote it)."""
     row = deps.workspace.get("sources", "name", source)
     if row is not None and row.get("n_rows"):
         return int(row["n_rows"])
@@ -97,18 +111,24 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
         ws.check_budget(source, epsilon, 0.0, pv.source_budget_epsilon, pv.source_budget_delta)
     except BudgetExceeded as exc:
         raise ToolInputError(str(exc)) from None
-    n_total = public_row_count(deps, source)
+    n_public = public_row_count(deps, source)
     holdout_fraction = settings.training.holdout_fraction
-    n_holdout = int(round(n_total * holdout_fraction))
-    n_train = n_total - n_holdout
-    if n_train < 50:
-        raise ToolInputError(f"{source} has {n_total} records; at least 50 training records are needed")
+    n_true = _private_row_count(deps, source)
+    if n_true - int(round(n_true * holdout_fraction)) < 50:
+        raise ToolInputError(f"{source} has too few records to train on (at least 50 training records are needed)")
+    n_public_train = int(round(n_public * (1 - holdout_fraction))) if n_public else None
     if delta is None:
-        # min(config, 1/n^1.1), and at most a tenth of the source's delta budget so that it allows
-        # several trainings (the budget's delta is spent by basic composition too).
-        delta = min(default_delta(n_total, pv.target_delta), pv.source_budget_delta / 10)
-    elif delta >= 1.0 / n_train:
-        raise ToolInputError(f"delta {delta:g} is too large for {n_train} training records; use less than 1/n = {1.0 / n_train:.3g}")
+        # min(config, 1/n^1.1) with the published n, and at most a tenth of the source's delta budget so that
+        # it allows several trainings (the budget's delta is spent by basic composition too). Without a
+        # published n: the configured delta or 1e-6, which is below 1/n for any source of up to a million records.
+        delta = min(default_delta(n_public, pv.target_delta) if n_public else (pv.target_delta or UNKNOWN_N_DELTA),
+                    pv.source_budget_delta / 10)
+    elif n_public_train and delta >= 1.0 / n_public_train:
+        raise ToolInputError(f"delta {delta:g} is too large for the {n_public_train} training records the source "
+                             f"publishes; use less than 1/n = {1.0 / n_public_train:.3g}")
+    elif not n_public_train and delta > MAX_DELTA_UNKNOWN_N:
+        raise ToolInputError(f"delta {delta:g} is too large: this source does not publish its row count, so delta "
+                             f"must be at most {MAX_DELTA_UNKNOWN_N:g} (or leave it empty for the default)")
     eps_pre, eps_sgd = split_budget(epsilon, pv.preprocessing_share)
     model_id = new_id("model")
     run_id = new_id("run")
@@ -143,12 +163,18 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
         model = train_dpgan(train, schema, target_epsilon=epsilon, target_delta=delta, conditions=conds,
                             epochs=epochs, seed=seed, accountant=accountant, settings=settings.training,
                             preprocessing_share=pv.preprocessing_share, progress=deps.progress,
-                            n_public=(int(round(schema.meta.n_public * (1 - holdout_fraction)))
-                                      if schema.meta.n_public else None))
+                            n_public=n_public_train)
         seconds = time.perf_counter() - t0
+        if n_public_train:
+            rows_trained, rows_basis = n_public_train, "published count"
+        else:  # the DP estimate of n from the structure's tables (already charged)
+            est = float((model.hyperparameters.get("structure") or {}).get("total") or 0.0)
+            rows_trained, rows_basis = int(round(est, -1)), "DP estimate"
         extra = {"model_id": model_id, "source": source, "source_content_hash": deps.catalog.content_hash(source),
-                 "holdout_fraction": holdout_fraction, "holdout_seed": seed, "n_train": len(train),
-                 "n_holdout": len(holdout), "train_seconds": round(seconds, 2),
+                 "holdout_fraction": holdout_fraction, "holdout_seed": seed,
+                 # Published or DP counts only: the true counts are never stored outside the custodian report.
+                 "rows_trained": rows_trained, "rows_trained_basis": rows_basis,
+                 "train_seconds": round(seconds, 2),
                  "ledger": {"epsilon": epsilon, "delta": delta, "note": "the full target was charged before training"}}
         model.save(model_dir, extra_manifest=extra)
         quality = _custodian_view(deps, source, _quality_hook(model, train, holdout, schema, conds, model_dir))
@@ -163,8 +189,8 @@ def train_model(deps: Deps, source: str, epsilon: float, *, delta: float | None 
         raise
     summary = {
         "model_id": model_id, "source": source, "epsilon": model.epsilon, "target_epsilon": epsilon, "delta": delta,
-        "accountant": accountant, "conditions": conds, "epochs": epochs, "seed": seed, "rows_trained": len(train),
-        "rows_held_out": len(holdout), "seconds": round(seconds, 1), "path": str(model_dir),
+        "accountant": accountant, "conditions": conds, "epochs": epochs, "seed": seed, "rows_trained": rows_trained,
+        "rows_trained_basis": rows_basis, "seconds": round(seconds, 1), "path": str(model_dir),
         "epsilon_preprocessing": model.privacy_details.get("epsilon_preprocessing"),
         "epsilon_dp_sgd": model.privacy_details.get("epsilon_dp_sgd"),
         "noise_multiplier": model.privacy_details.get("noise_multiplier"), "quality": quality,
@@ -215,14 +241,16 @@ def train_generator(deps: Deps, args: TrainGeneratorArgs) -> ToolResult:
         out = train_model(deps, args.source, args.epsilon, delta=args.delta, conditions=args.conditions,
                           epochs=args.epochs, accountant=args.accountant, seed=args.seed)
     s = out["summary"]
-    text = (f"Trained model {s['model_id']} on {s['rows_trained']} records of {s['source']} "
+    about = "" if s["rows_trained_basis"] == "published count" else "about "
+    text = (f"Trained model {s['model_id']} on {about}{s['rows_trained']:,} records of {s['source']} "
+            f"({s['rows_trained_basis']}) "
             f"(conditioned on {', '.join(s['conditions']) or 'nothing'}): epsilon spent {s['epsilon']:.3g} of target "
             f"{s['target_epsilon']:g}, delta {s['delta']:.2g}, accountant {s['accountant']}, {s['seconds']:.0f} s.")
     from synthehr.tools.base import Figure
 
     return ToolResult(
         text=text, data=s, files=[s["path"]],
-        summary=f"I trained a differentially private generator ({s['model_id']}) on {s['rows_trained']:,} records of {s['source']}.",
+        summary=f"I trained a differentially private generator ({s['model_id']}) on {about}{s['rows_trained']:,} records of {s['source']}.",
         figures=[Figure(label="epsilon spent", value=round(s["epsilon"], 3)), Figure(label="target epsilon", value=s["target_epsilon"])],
         privacy=(f"Training spent epsilon {s['epsilon']:.3g} (delta {s['delta']:.1g}) of {s['source']}'s privacy budget; "
                  "the generator never stores real records."))
