@@ -1,11 +1,13 @@
 """Training and sampling throughput of this engine vs a previous commit, in one run, same machine.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.throughput_compare --baseline-tree /tmp/engine_v1 [--epochs 5]
+    OMP_NUM_THREADS=1 python -m benchmarks.throughput_compare --baseline-tree /tmp/engine_v1 [--epochs 5] [--repeats 3]
 
 The baseline tree is an exported older commit (`git archive <commit> | tar -x -C DIR`). Each engine
 trains in its own subprocess (PYTHONPATH = its tree) on the NHANES benchmark columns at epsilon 1,
 one thread, and samples 200,000 rows. Reported: row-epochs/s of the whole fit, of the DP-SGD phase
-alone where the engine reports it, and sampling rows/s.
+alone where the engine reports it, and sampling rows/s. With --repeats R the two engines alternate R times
+(baseline, current, baseline, ...) so both see the same machine load; medians and current/baseline ratios
+are printed.
 """
 
 from __future__ import annotations
@@ -50,13 +52,27 @@ def run_tree(tree: Path, epochs: int) -> dict:
 
 
 def main() -> None:
+    import statistics
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline-tree", required=True)
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--json", default=None, help="also write the result here")
     a = ap.parse_args()
     here = Path(__file__).resolve().parent.parent
-    out = {"baseline": run_tree(Path(a.baseline_tree), a.epochs), "current": run_tree(here, a.epochs)}
+    runs: dict[str, list[dict]] = {"baseline": [], "current": []}
+    for _ in range(max(1, a.repeats)):
+        runs["baseline"].append(run_tree(Path(a.baseline_tree), a.epochs))
+        runs["current"].append(run_tree(here, a.epochs))
+    keys = ("fit_s", "row_epochs_per_s", "row_epochs_per_s_dpsgd", "sample_rows_per_s")
+    med = {name: {k: statistics.median(r[k] for r in rs if k in r) for k in keys if any(k in r for r in rs)}
+           for name, rs in runs.items()}
+    ratio = {k: med["current"][k] / med["baseline"][k] for k in keys if k in med["current"] and k in med["baseline"]}
+    out = {"runs": runs, "median": med, "ratio_current_over_baseline": ratio, "repeats": a.repeats, "epochs": a.epochs}
     print(json.dumps(out, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
