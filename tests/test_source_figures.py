@@ -116,6 +116,11 @@ def test_generated_cohort_states_its_comparison_with_the_source_at_no_privacy_co
     assert figs["mean HbA1c"].reference_label == "source (DP estimate)"
     assert any("privacy-protected (DP) figures" in s and "race/ethnicity" in s for s in res.statements)
     assert "DP-released figures (estimate): mean age" in res.text  # what a capable model sees, to phrase it
+    # The shareable data card carries the same cohort-vs-source comparison (issue 11: cohort fidelity on the card).
+    card = json.loads(Path(res.data["files"]["card_json"]).read_text())
+    assert card["cohort_fidelity"]["figures"] == comp["figures"]
+    md = Path(res.data["files"]["card_md"]).read_text()
+    assert "## Cohort vs the source (DP-released figures)" in md and "mean hba1c_pct" in md
 
     # Recomputing the comparison reads the model's releases only: the ledger does not move.
     model = find_model(deps, SRC, first.data["card"]["model"]["conditions"], None)[1]

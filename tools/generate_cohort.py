@@ -398,17 +398,18 @@ def generate_cohort(deps: Deps, args: GenerateCohortArgs) -> ToolResult:
             if c in cols and c not in keep:
                 keep.append(c)
         frame = frame[keep]
+        set_on_purpose = [f.column for f in filters] + [s.filters[0].column for g in strata for s in g]
+        if targets is not None:  # reweighted to the named population's public figures: not the source's mix
+            set_on_purpose += list(DEMOGRAPHICS)
+        comparison = source_comparison(model, frame, plan["fixed"], set_on_purpose)
         info = write_dataset(deps, dataset_id, run_id, model_id, model, profile, schema, source, frame, seed,
-                             plan, filters, args.proportions, chosen, missing, population=pop_report)
+                             plan, filters, args.proportions, chosen, missing, population=pop_report,
+                             cohort_fidelity=comparison)
     except BaseException as exc:
         deps.workspace.update_run(run_id, "failed", {"error": type(exc).__name__,
                                                      **({"message": str(exc)} if isinstance(exc, ToolInputError) else {})})
         raise
     stats = key_stats(frame)
-    set_on_purpose = [f.column for f in filters] + [s.filters[0].column for g in strata for s in g]
-    if targets is not None:  # reweighted to the named population's public figures: not the source's mix
-        set_on_purpose += list(DEMOGRAPHICS)
-    comparison = source_comparison(model, frame, plan["fixed"], set_on_purpose)
     seconds = time.perf_counter() - t0
     result = {**info, "stats": stats, "trained_new_model": trained, "seconds": round(seconds, 1),
               "observations": chosen, "missing_observations": missing, "population": info["card"]["population"],
@@ -626,7 +627,8 @@ def format_stats(stats: dict[str, float]) -> str:
 def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model: Any, profile: Any,
                   schema: SourceSchema, source: str, frame: pd.DataFrame, seed: int, plan: dict, filters: list,
                   proportions: Any, chosen: list[dict], missing: list[dict],
-                  population: dict[str, Any] | None = None) -> dict[str, Any]:
+                  population: dict[str, Any] | None = None,
+                  cohort_fidelity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the four files into a temporary folder, then rename it into place (all or nothing)."""
     from synthehr.tools.engines.dpgan.model import library_versions
 
@@ -656,6 +658,8 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
                       "epochs": model.hyperparameters.get("epochs"), "conditions": model.conditions,
                       "charges": model.charges},
             **shared_facts,
+            # The cohort against the source's DP-released figures for the same cells (post-processing, free).
+            "cohort_fidelity": cohort_fidelity,
             "n_rows": len(frame),
             "seed": seed,
             "columns": [_column_card(schema, c) for c in frame.columns],
@@ -832,6 +836,20 @@ def card_markdown(card: dict[str, Any]) -> str:
             else:
                 lines.append(f"- {name}: not scored ({v['reason']})")
         lines.append(f"- {fid['note']}")
+    cf = card.get("cohort_fidelity")
+    if cf and (cf.get("mix") or cf.get("means") or cf.get("too_noisy")):
+        lines += ["", "## Cohort vs the source (DP-released figures)",
+                  f"- Reference: {cf['reference']}; privacy cost: {cf['privacy_cost']}."]
+        for col, m in cf.get("mix", {}).items():
+            lines.append(f"- {col}: largest gap {m['max_gap_points']} points ({m['largest']}: {m['synthetic_pct']} % "
+                         f"synthetic vs {m['source_pct']} % source)")
+        for col, m in cf.get("means", {}).items():
+            lines.append(f"- mean {col}: {m['synthetic']} synthetic vs {m['source_dp']} source (DP estimate, bins of "
+                         f"{m['bin_width']:g})")
+        if cf.get("too_noisy"):
+            lines.append(f"- Too noisy to compare at this epsilon: {', '.join(cf['too_noisy'])}.")
+        if cf.get("skipped"):
+            lines.append(f"- Not compared (set by the request): {', '.join(cf['skipped'])}.")
     cr = card.get("custodian_report")
     if cr:
         lines += ["", "## Custodian report", f"- {cr['location']}."]
