@@ -34,8 +34,9 @@ def _pool(n: int, seed: int) -> pd.DataFrame:
 
 
 def test_raking_matches_a_reachable_table_and_keeps_weights_bounded() -> None:
-    # race x diabetes target: race A much more common among diabetes == 1
-    target = np.array([[0.30, 0.05], [0.25, 0.05], [0.25, 0.10]])  # race (A, B, C) x diabetes (0, 1)
+    # race x diabetes target: race A much more common among diabetes == 0, C among diabetes == 1; the
+    # diabetes mix (50/50) is the pool's, as in the engine (tables and condition joint share their margins)
+    target = np.array([[0.30, 0.10], [0.10, 0.20], [0.10, 0.20]])  # race (A, B, C) x diabetes (0, 1)
     cal = _calibrator([ReleasedTable(("race_ethnicity", "diabetes"), ("fine", "cond"), target / target.sum())])
     pool = _pool(20_000, 1)
     w = cal.weights(pool, [])

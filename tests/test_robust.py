@@ -117,7 +117,7 @@ def files_under(ws: Path, sub: str) -> list[str]:
     (["generate", "-n", "abc", "--condition", "type 2 diabetes"], "'-n'"),
     (["generate", "--bogus"], "no such option"),
     (["bogus-command"], "no such command"),
-    (["generate"], "missing option '--condition'"),
+    (["generate"], "give --condition (a profiled condition) or --source"),
     (["train", SRC, "--epsilon", "0"], "epsilon"),
     (["train", SRC, "--epsilon", "-1"], "epsilon"),
     (["train", SRC, "--epsilon", "nan"], "epsilon"),

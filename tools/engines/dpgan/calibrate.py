@@ -10,6 +10,8 @@ estimate of the structure, so sampling corrects for what the generator missed:
      target (iterative proportional fitting on the records, weights clipped to [1/CLIP, CLIP] times
      the mean so no record dominates);
   3. keep records with probability proportional to their weight, without replacement (no duplicates).
+The pool's mix of conditioning cells (drawn from the model's DP joint of the conditioning columns) is
+restored at the end of every raking sweep, so calibration never moves the cohort's make-up away from it.
 
 The target of a table for a cohort restricted on conditioning columns R (e.g. diabetes = 1) is the
 table conditioned on R: Σ_r w_pool(r) · P̂(table cells | r), where P̂ is the maximum-entropy joint of
@@ -205,6 +207,14 @@ class Calibrator:
             if tg.sum() <= 0:
                 continue
             plan.append((idx, tg / tg.sum() * m))
+        # The pool's conditioning cells were drawn from the model's DP joint of the conditioning columns (the
+        # max-entropy fit of every table inside them): that mix is kept exactly, as the last step of each sweep.
+        conds = [c for c in self.coder.cond]
+        base = None
+        if conds and plan:
+            sizes = [self._size(c) for c in conds]
+            base = np.ravel_multi_index(tuple(self._codes(frame, c, "cond", cache) for c in conds), sizes)
+            base_target = np.bincount(base, minlength=int(np.prod(sizes))).astype(float)
         for _ in range(RAKE_ITERS if plan else 0):
             for idx, tg in plan:
                 cur = np.bincount(idx, weights=w, minlength=tg.size)
@@ -212,6 +222,9 @@ class Calibrator:
                 w = w * ratio[idx]
                 mean = w.mean()
                 w = np.clip(w, mean / CLIP, mean * CLIP)
+            if base is not None:
+                cur = np.bincount(base, weights=w, minlength=base_target.size)
+                w = w * np.where(cur > 0, base_target / np.maximum(cur, 1e-300), 1.0)[base]
         return w / w.mean()
 
     def draw(self, frame: pd.DataFrame, restricted: list[str], keep: int, rng: np.random.Generator) -> np.ndarray:
