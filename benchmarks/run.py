@@ -95,9 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="AIM's maximum number of rounds (default: the authors' 16 x number of columns, which sets the "
                    "initial noise; AIM ends earlier once its budget is spent). Fewer rounds make the one-way marginals "
                    "take most of the budget and leave a handful of two-way rounds (see benchmarks/README.md)")
-    p.add_argument("--aim-round-iters", type=int, default=100,
+    p.add_argument("--aim-round-iters", type=int, default=250,
                    help="mirror-descent iterations per AIM round, warm-started from the previous model as in the "
-                   "authors' reference implementation (post-processing; the released model gets 1000) (default 100)")
+                   "authors' reference implementation (post-processing; the released model gets 1000) (default 250)")
     p.add_argument("--dpctgan-epochs", type=int, default=300,
                    help="DP-CTGAN epoch cap (SmartNoise's default 300); DP-CTGAN runs the most epochs whose RDP epsilon "
                    "stays within the target, up to this cap (default 300)")

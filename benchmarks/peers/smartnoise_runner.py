@@ -5,13 +5,16 @@ Runs in benchmarks/.venvs/smartnoise (see requirements-smartnoise.txt). Usage: p
 Encodings use the public bounds and categories of the spec, so SmartNoise spends no budget on
 preprocessing (preprocessor_eps=0):
 - dpctgan: numbers -> MinMaxTransformer(lower, upper); binary/categorical -> label + one-hot.
-  Library defaults otherwise (sigma=5, batch 500, max_per_sample_grad_norm=1); `epochs` is a cap:
-  DP-CTGAN also stops when its RDP accountant passes the target. The reported epsilon is read from
-  the opacus privacy engine after the last step (SmartNoise checks the budget only at the start of
-  an epoch, so the spent epsilon can exceed the target).
-- mst / aim: numbers -> BinTransformer(bins, lower, upper) (sampled values are bin midpoints);
-  binary/categorical -> LabelTransformer. They calibrate zCDP noise to (epsilon, delta) exactly.
-  AIM's `rounds` option caps its rounds (default in SmartNoise: 16 x number of columns).
+  Library defaults (sigma=5, batch 500 capped at n/2, max_per_sample_grad_norm=1) except the epochs:
+  the most epochs whose opacus-0.14 RDP epsilon stays within the target (`dpctgan_epochs_within`), at
+  most `epochs` (SmartNoise's default 300), so it spends its target without passing it. The reported
+  epsilon is read from the opacus privacy engine after the last step.
+- mst / aim: numbers -> BinTransformer(bins, lower, upper); binary/categorical -> LabelTransformer
+  without a null cell (complete-case data). Sampled values are drawn uniformly within their bin
+  (post-processing). They calibrate zCDP noise to (epsilon, delta) exactly. AIM runs SmartNoise's
+  code with warm-started estimation (`_reference_aim_class`) and the authors' default rounds
+  (16 x columns, a maximum) unless the job's `rounds` option says otherwise.
+See benchmarks/README.md, "Peer settings".
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def _reference_aim_class() -> Any:
     from snsynth.utils import gaussian_noise
 
     class ReferenceAIM(AIMSynthesizer):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, round_iters: int = 100, final_iters: int = 1000, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, round_iters: int = 250, final_iters: int = 1000, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.round_iters = int(round_iters)
             self.final_iters = int(final_iters)
