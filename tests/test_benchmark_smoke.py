@@ -263,3 +263,22 @@ def test_reuse_merges_several_runs_without_training(tmp_path: Path) -> None:
     assert "nothing was trained in this run" in md and "SmartNoise AIM" in md and "SmartNoise MST" in md
     with pytest.raises(SystemExit):
         brun.parse_args(["--methods", "none"])  # nothing to train and nothing to reuse
+
+
+def test_issue11_targets_compare_synthehr_with_the_peers_on_every_data_set() -> None:
+    runs = []
+    for ds in ("a", "b"):
+        for seed, (s_tstr, s_tvd) in enumerate([(0.70, 0.10), (0.45, 0.12)]):
+            runs.append({"dataset": ds, "seed": seed, "method": "synthehr", "target_epsilon": 1.0, "status": "ok",
+                         "tstr_mean": s_tstr, "pairs_tvd_mean": s_tvd if ds == "a" else 0.3,
+                         "reversed_predictors": ["bmi"] if ds == "b" else []})
+            runs.append({"dataset": ds, "seed": seed, "method": "aim", "target_epsilon": 1.0, "status": "ok",
+                         "tstr_mean": 0.55, "pairs_tvd_mean": 0.2, "reversed_predictors": []})
+    result = {"runs": runs, "trtr": [], "solo_throughput": None}
+    targets = {t["target"]: t for t in brun.summarise(result)["targets"]}
+    assert targets["a: TSTR AUROC at eps=1 >= best DP peer"]["pass"]  # median 0.575 >= 0.55
+    assert not targets["a: no synthehr seed with TSTR AUROC < 0.5 at eps >= 1"]["pass"]  # a seed at 0.45
+    assert targets["a: all-pairs 2-way TVD at eps=1 <= AIM's"]["pass"]
+    assert not targets["b: all-pairs 2-way TVD at eps=1 <= AIM's"]["pass"]
+    assert targets["b: no reversed top-5 predictor at eps >= 1"]["detail"] == "bmi"
+    assert "a: TSTR AUROC at eps=3 >= best DP peer" not in targets  # no eps=3 rows
