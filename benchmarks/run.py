@@ -125,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--render", metavar="JSON", help="only rewrite the Markdown from an existing results JSON")
     p.add_argument("--reuse", metavar="JSON[,JSON...]",
                    help="take the runs of methods NOT in --methods from earlier results JSONs (same data sets, seeds and "
-                   "splits; for a method found in several files the first file wins), e.g. rerun only synthehr after an "
+                   "splits; a (method, data set, seed, eps) found in several files is taken from the first), e.g. rerun only synthehr after an "
                    "engine change: --methods synthehr --reuse results/X.json; --methods none --reuse A.json,B.json "
                    "merges runs without training anything")
     p.add_argument("--nice", type=int, default=10, help="raise this process's niceness to at least this (default 10)")
@@ -510,14 +510,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reused_from = None
     if args.reuse:
         names = {d["name"] for d in ds_info}
-        taken: set[str] = set(args.method_list)
+        taken: set[tuple[Any, ...]] = set()  # (method, data set, seed, eps) already in the result
         sources = []
         for path in [x.strip() for x in args.reuse.split(",") if x.strip()]:
             prev = json.loads(Path(path).read_text())
-            fresh = {r["method"] for r in prev["runs"]} - taken
-            kept = [r for r in prev["runs"] if r["method"] in fresh and r["dataset"] in names
-                    and r["seed"] in args.seed_list and (r["target_epsilon"] is None or r["target_epsilon"] in args.eps_list)]
-            taken |= fresh
+            kept = []
+            for r in prev["runs"]:
+                key = (r["method"], r["dataset"], r["seed"], r["target_epsilon"])
+                if (r["method"] in args.method_list or key in taken or r["dataset"] not in names or r["seed"] not in args.seed_list
+                        or not (r["target_epsilon"] is None or r["target_epsilon"] in args.eps_list)):
+                    continue
+                taken.add(key)
+                kept.append(r)
+            fresh = {r["method"] for r in kept}
             records.extend(kept)
             sources.append({"run_id": prev.get("run_id"), "date_utc": prev.get("date_utc"), "runs": len(kept),
                             "methods": sorted({r["method"] for r in kept}), "machine": prev.get("machine"),

@@ -240,10 +240,10 @@ def test_reuse_merges_several_runs_without_training(tmp_path: Path) -> None:
     csv = tmp_path / "toy.csv"
     fake_frame(300, 3).to_csv(csv, index=False)
 
-    def prior(run_id: str, method: str, settings: dict) -> Path:
-        runs = [{"dataset": "toy", "seed": 0, "method": method, "target_epsilon": e, "status": "ok", "tstr_mean": 0.7,
-                 "tstr_lr": 0.7, "tstr_gb": 0.7, "reported_epsilon": e, "pairs_tvd_mean": 0.1, "overshoot": False}
-                for e in (1.0, 3.0)]
+    def prior(run_id: str, method: str, settings: dict, eps: tuple = (1.0, 3.0), tstr: float = 0.7) -> Path:
+        runs = [{"dataset": "toy", "seed": 0, "method": method, "target_epsilon": e, "status": "ok", "tstr_mean": tstr,
+                 "tstr_lr": tstr, "tstr_gb": tstr, "reported_epsilon": e, "pairs_tvd_mean": 0.1, "overshoot": False}
+                for e in eps]
         runs.append({**runs[0], "dataset": "other"})  # another data set: not taken
         p = tmp_path / f"{run_id}.json"
         p.write_text(json.dumps({"run_id": run_id, "date_utc": "2026-01-01", "runs": runs,
@@ -251,14 +251,17 @@ def test_reuse_merges_several_runs_without_training(tmp_path: Path) -> None:
         return p
 
     a = prior("A", "mst", {"bins": 20, "workers": 1, "dpctgan_epochs": 300})
-    b = prior("B", "aim", {"bins": 20, "aim_rounds": "16 x columns", "aim_round_iters": 250})
-    args = brun.parse_args(["--csv", str(csv), "--label", "outcome", "--methods", "none", "--reuse", f"{a},{b}",
+    b = prior("B", "aim", {"bins": 20, "aim_rounds": "16 x columns", "aim_round_iters": 250}, eps=(1.0,))
+    c = prior("C", "aim", {"bins": 20, "aim_rounds": "16 x columns", "aim_round_iters": 250}, tstr=0.6)  # eps 1 again: B wins
+    args = brun.parse_args(["--csv", str(csv), "--label", "outcome", "--methods", "none", "--reuse", f"{a},{b},{c}",
                             "--eps", "1,3", "--seeds", "0", "--skip-install", "--nice", "0", "--out-dir", str(tmp_path)])
     result = brun.run(args)
     got = sorted((r["method"], r["target_epsilon"]) for r in result["runs"])
     assert got == [("aim", 1.0), ("aim", 3.0), ("mst", 1.0), ("mst", 3.0)]
+    aim = {r["target_epsilon"]: r["tstr_mean"] for r in result["runs"] if r["method"] == "aim"}
+    assert aim == {1.0: 0.7, 3.0: 0.6}  # eps 1 from B (first), eps 3 from C
     assert result["settings"]["aim_round_iters"] == 250 and result["settings"]["aim_rounds"] == "16 x columns"
-    assert [s["run_id"] for s in result["reused_from"]["sources"]] == ["A", "B"]
+    assert [s["run_id"] for s in result["reused_from"]["sources"]] == ["A", "B", "C"]
     md = brun.render_markdown(result)
     assert "nothing was trained in this run" in md and "SmartNoise AIM" in md and "SmartNoise MST" in md
     with pytest.raises(SystemExit):
