@@ -613,7 +613,8 @@ def _peer_versions(records: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
 AGG_KEYS = ("tstr_lr", "tstr_gb", "tstr_mean", "tstr_over_trtr", "fidelity", "corr_diff", "dcr_train_median",
             "dcr_holdout_median", "dcr_ratio", "share_closer_to_train", "exact_match_rate", "fit_seconds",
             "row_epochs_per_s", "sample_rows_per_s", "reported_epsilon", "epochs_run", "synthetic_label_rate",
-            "row_epochs_per_s_dpsgd", "pairs_tvd_mean", "pairs_tvd_worst", "top10_corr_err", "sign_agreement", "cohort_max_mean_diff_sd")
+            "row_epochs_per_s_dpsgd", "pairs_tvd_mean", "pairs_tvd_worst", "top10_corr_err", "sign_agreement", "cohort_max_mean_diff_sd",
+            "aim_rounds_run", "aim_label_cliques", "epochs_planned")
 
 
 def _median(vals: list[Any]) -> float | None:
@@ -865,6 +866,10 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"({_f(r.get('tstr_mean_worst'))}) | {_f(r.get('pairs_tvd_mean'))} ({_f(r.get('pairs_tvd_mean_worst'))}) | "
                 f"{_f(r.get('pairs_tvd_worst'))} | {_f(r.get('top10_corr_err'))} | {_f(r.get('sign_agreement'), 2)} | "
                 f"{', '.join(r.get('reversed_predictors') or []) or 'none'} | {_f(r.get('cohort_max_mean_diff_sd'), 2)} |")
+        aim_rows = [r for r in rows if r["method"] == "aim" and r.get("aim_rounds_run") is not None]
+        if aim_rows:
+            lines += ["", "AIM rounds run / selected cliques containing the label (medians over seeds): " + "; ".join(
+                f"ε {_eps(r['target_epsilon'])}: {_f(r['aim_rounds_run'], 0)} / {_f(r['aim_label_cliques'], 0)}" for r in aim_rows) + "."]
         errs = [(r, e) for r in rows for e in r["errors"] if e]
         if errs:
             lines += ["", "Failed or skipped runs:", ""]
