@@ -898,6 +898,11 @@ def render_markdown(result: dict[str, Any]) -> str:
 def write_outputs(result: dict[str, Any], out_dir: Path, results_md: Path | None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    # Two runs started in the same second (e.g. peers split over two processes) must not overwrite each other.
+    base, k = result["run_id"], 1
+    while (out_dir / f"{result['run_id']}.json").exists():
+        k += 1
+        result["run_id"] = f"{base}-{k}"
     jpath = out_dir / f"{result['run_id']}.json"
     jpath.write_text(json.dumps(_finite(result), indent=2, default=_json_default, allow_nan=False))
     paths.append(jpath)
