@@ -207,3 +207,81 @@ def test_cli_arguments() -> None:
         brun.parse_args(["--csv", "x.csv"])  # --label missing
     with pytest.raises(SystemExit):
         brun.parse_args(["--methods", "synthehr,gpt"])
+
+
+def _peer_runner_module():
+    sys.path.insert(0, str(Path(brun.PEERS_DIR)))
+    try:
+        import smartnoise_runner  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    return smartnoise_runner
+
+
+def test_peer_bins_are_spread_within_their_public_edges() -> None:
+    """MST/AIM sample bin midpoints; the runner redraws each value uniformly inside its own bin."""
+    runner = _peer_runner_module()
+    np.random.seed(0)
+    # bmi: 20 bins of 2.9 over [12, 70]; age 18..90 with 20 bins of 3.6; a 0..5 count keeps its integer bins.
+    mids_bmi = 12 + (np.array([3, 3, 3, 10, 19]) + 0.5) * 2.9
+    frame = pd.DataFrame({"bmi": np.repeat(mids_bmi, 200), "age": np.repeat(18 + 4.5 * 3.6, 1000),
+                          "count": np.repeat([0.125, 2.375], 500)})
+    out = runner._dequantize(frame, {"bmi": (12.0, 70.0, 20), "age": (18.0, 90.0, 20), "count": (0.0, 5.0, 6)})
+    k_in = np.floor((frame["bmi"] - 12) / 2.9)
+    k_out = np.floor((out["bmi"] - 12) / 2.9)
+    assert (k_in == k_out).all()  # every value stays in the bin it was sampled in
+    assert out["bmi"].nunique() > 900 and out["bmi"].between(12, 70).all()
+    assert out["age"].between(18 + 4 * 3.6, 18 + 5 * 3.6).all() and out["age"].std() > 0.5
+    assert out["count"].tolist() == frame["count"].tolist()  # bins narrower than 1.5 units stay put
+
+
+def test_reuse_merges_several_runs_without_training(tmp_path: Path) -> None:
+    """--methods none --reuse A,B: rows of both earlier runs in one result, each peer's settings kept."""
+    csv = tmp_path / "toy.csv"
+    fake_frame(300, 3).to_csv(csv, index=False)
+
+    def prior(run_id: str, method: str, settings: dict, eps: tuple = (1.0, 3.0), tstr: float = 0.7) -> Path:
+        runs = [{"dataset": "toy", "seed": 0, "method": method, "target_epsilon": e, "status": "ok", "tstr_mean": tstr,
+                 "tstr_lr": tstr, "tstr_gb": tstr, "reported_epsilon": e, "pairs_tvd_mean": 0.1, "overshoot": False}
+                for e in eps]
+        runs.append({**runs[0], "dataset": "other"})  # another data set: not taken
+        p = tmp_path / f"{run_id}.json"
+        p.write_text(json.dumps({"run_id": run_id, "date_utc": "2026-01-01", "runs": runs,
+                                 "machine": {"loadavg_start": [1.0, 1.0, 1.0]}, "settings": settings}))
+        return p
+
+    a = prior("A", "mst", {"bins": 20, "workers": 1, "dpctgan_epochs": 300})
+    b = prior("B", "aim", {"bins": 20, "aim_rounds": "16 x columns", "aim_round_iters": 250}, eps=(1.0,))
+    c = prior("C", "aim", {"bins": 20, "aim_rounds": "16 x columns", "aim_round_iters": 250}, tstr=0.6)  # eps 1 again: B wins
+    args = brun.parse_args(["--csv", str(csv), "--label", "outcome", "--methods", "none", "--reuse", f"{a},{b},{c}",
+                            "--eps", "1,3", "--seeds", "0", "--skip-install", "--nice", "0", "--out-dir", str(tmp_path)])
+    result = brun.run(args)
+    got = sorted((r["method"], r["target_epsilon"]) for r in result["runs"])
+    assert got == [("aim", 1.0), ("aim", 3.0), ("mst", 1.0), ("mst", 3.0)]
+    aim = {r["target_epsilon"]: r["tstr_mean"] for r in result["runs"] if r["method"] == "aim"}
+    assert aim == {1.0: 0.7, 3.0: 0.6}  # eps 1 from B (first), eps 3 from C
+    assert result["settings"]["aim_round_iters"] == 250 and result["settings"]["aim_rounds"] == "16 x columns"
+    assert [s["run_id"] for s in result["reused_from"]["sources"]] == ["A", "B", "C"]
+    md = brun.render_markdown(result)
+    assert "nothing was trained in this run" in md and "SmartNoise AIM" in md and "SmartNoise MST" in md
+    with pytest.raises(SystemExit):
+        brun.parse_args(["--methods", "none"])  # nothing to train and nothing to reuse
+
+
+def test_issue11_targets_compare_synthehr_with_the_peers_on_every_data_set() -> None:
+    runs = []
+    for ds in ("a", "b"):
+        for seed, (s_tstr, s_tvd) in enumerate([(0.70, 0.10), (0.45, 0.12)]):
+            runs.append({"dataset": ds, "seed": seed, "method": "synthehr", "target_epsilon": 1.0, "status": "ok",
+                         "tstr_mean": s_tstr, "pairs_tvd_mean": s_tvd if ds == "a" else 0.3,
+                         "reversed_predictors": ["bmi"] if ds == "b" else []})
+            runs.append({"dataset": ds, "seed": seed, "method": "aim", "target_epsilon": 1.0, "status": "ok",
+                         "tstr_mean": 0.55, "pairs_tvd_mean": 0.2, "reversed_predictors": []})
+    result = {"runs": runs, "trtr": [], "solo_throughput": None}
+    targets = {t["target"]: t for t in brun.summarise(result)["targets"]}
+    assert targets["a: TSTR AUROC at eps=1 >= best DP peer"]["pass"]  # median 0.575 >= 0.55
+    assert not targets["a: no synthehr seed with TSTR AUROC < 0.5 at eps >= 1"]["pass"]  # a seed at 0.45
+    assert targets["a: all-pairs 2-way TVD at eps=1 <= AIM's"]["pass"]
+    assert not targets["b: all-pairs 2-way TVD at eps=1 <= AIM's"]["pass"]
+    assert targets["b: no reversed top-5 predictor at eps >= 1"]["detail"] == "bmi"
+    assert "a: TSTR AUROC at eps=3 >= best DP peer" not in targets  # no eps=3 rows
