@@ -137,9 +137,11 @@ class TableEncoder:
             out = np.where(vals.isna().to_numpy(), -1, vals.fillna(0).to_numpy(dtype=float).astype(int))
         else:
             mapping = {c: i for i, c in enumerate(labels) if c != MISSING}
-            s = series.astype(object)
-            out = np.array([mapping.get(str(v), -2) if v is not None and not (isinstance(v, float) and np.isnan(v))
-                            and v is not pd.NA else -1 for v in s], dtype=int)
+            # Vectorised: factorise once, map the (few) distinct values, then index (sampling calls this on
+            # hundreds of thousands of records).
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+            lut = np.array([mapping.get(str(v), -2) for v in uniques] + [-1], dtype=int)
+            out = lut[np.where(codes < 0, len(uniques), codes)]
             if (out == -2).any():
                 raise ValueError(f"column '{block.name}' has values outside its declared categories")
         if (out == -1).any():
