@@ -112,6 +112,18 @@ class LlamaCppBackend:
         with self._lock:
             return len(self.llm.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True))
 
+    def _prompt_tokens(self, prompt: str) -> tuple[list[int], int]:
+        """The prompt's tokens and the room left for the reply (call with the lock held); restores the
+        prompt cache on first use."""
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        room = self.llm.n_ctx() - len(tokens)
+        if room < 16:
+            raise ValueError(f"prompt of {len(tokens)} tokens does not fit the context window of {self.llm.n_ctx()}"
+                             " (raise llm.n_ctx or shorten the conversation)")
+        if self._cache_state == "untried":
+            self._restore(tokens)
+        return tokens, room
+
     def generate(self, messages: list[Message], *, stop: list[str] | None = None, max_tokens: int | None = None,
                  grammar: str | None = None, temperature: float | None = None) -> str:
         max_tokens = max_tokens or self.default_max_tokens
@@ -121,13 +133,7 @@ class LlamaCppBackend:
         usage = Usage()
         with self._lock:
             _perf_reset(self.llm)
-            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-            room = self.llm.n_ctx() - len(tokens)
-            if room < 16:
-                raise ValueError(f"prompt of {len(tokens)} tokens does not fit the context window of {self.llm.n_ctx()}"
-                                 " (raise llm.n_ctx or shorten the conversation)")
-            if self._cache_state == "untried":
-                self._restore(tokens)
+            tokens, room = self._prompt_tokens(prompt)
             out = self.llm.create_completion(
                 prompt=tokens,
                 max_tokens=min(max_tokens, room),
@@ -159,13 +165,7 @@ class LlamaCppBackend:
         usage = Usage()
         n_out = 0
         with self._lock:
-            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-            room = self.llm.n_ctx() - len(tokens)
-            if room < 16:
-                raise ValueError(f"prompt of {len(tokens)} tokens does not fit the context window of {self.llm.n_ctx()}"
-                                 " (raise llm.n_ctx or shorten the conversation)")
-            if self._cache_state == "untried":
-                self._restore(tokens)
+            tokens, room = self._prompt_tokens(prompt)
             chunks = self.llm.create_completion(
                 prompt=tokens, max_tokens=min(max_tokens, room), temperature=temperature, top_p=1.0,
                 top_k=0 if temperature > 0 else 1, stop=list(stop) if stop else None,
