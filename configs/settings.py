@@ -84,14 +84,10 @@ class TrainingSettings(_Section):
     gumbel_tau: float = Field(0.2, gt=0)
     numeric_bins: int = Field(0, ge=0)
     marginal_weight: float = Field(1.0, ge=0)
-    marginal_bins: int = Field(8, ge=1)
-    moment_weight: float = Field(1.0, ge=0)
-    moment_weight_adversarial: float = Field(1.0, ge=0)
     marginal_pretrain_steps: int = Field(1000, ge=0)
     # The marginal loss on a column x label table compares P(column | label) for each label value
     # (every cohort fitted equally, not in proportion to its size), instead of the joint cells.
     marginal_conditional: bool = False
-    marginal_mechanism: Literal["laplace", "gaussian"] = "gaussian"
 
 
 class KnowledgeSettings(_Section):
