@@ -169,3 +169,18 @@ def test_conditional_marginal_loss_sees_a_wrong_small_cohort() -> None:
     cond = float(gem_loss(targets, probs, conditional=True))
     assert joint == pytest.approx(0.1, abs=1e-6)
     assert cond == pytest.approx(1.0, abs=1e-6)  # (0 + 2) / 2 label values
+
+
+def test_support_mask_keeps_a_broad_thin_tail_and_drops_an_isolated_spike() -> None:
+    """A subgroup's tail spread thinly over several bins (each below the noise) survives; a lone noise
+    spike far from the data does not (HbA1c of people with diabetes vs a BMI of 80)."""
+    from synthehr.tools.engines.dpgan.structure import support_mask
+
+    fine, sigma = 32, 40.0  # per-cell noise std of the smoothed table: 40 * sqrt(3/8) = 24.5
+    t = np.zeros((fine + 1, 2))
+    t[3:8, 0] = 400.0  # the bulk
+    t[8:14, 1] = 45.0  # a thin tail of label 1: every bin below 2 noise std of a single pooled bin (69)
+    t[27, 1] = 60.0  # an isolated spike
+    out = support_mask(t, 0, fine, sigma)
+    assert (out[8:13, 1] == 45.0).all()  # (its last bin, at the edge of the support, may go)
+    assert out[27, 1] == 0.0 and out[3:8, 0].sum() == 2000.0
