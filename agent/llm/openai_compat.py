@@ -304,12 +304,18 @@ class OpenAIBackend:
                         piece = ((choices[0] or {}).get("delta") or {}).get("content") or (choices[0] or {}).get("text")
                         if piece:
                             yield str(piece)
-            except httpx.TimeoutException:
-                raise _unavailable(f"the LLM server at {self.base_url} did not answer within {self.timeout_s:g} s "
-                                   "(raise llm.timeout_s or check the server)") from None
             except httpx.HTTPError as exc:
-                raise _unavailable(f"cannot reach the LLM server at {self.base_url}: is it running? check "
-                                   f"llm.base_url ({type(exc).__name__})") from None
+                raise self._transport_error(exc) from None
+
+    def _transport_error(self, exc: Exception) -> Exception:
+        """One message for a server that timed out or cannot be reached (request and stream alike)."""
+        import httpx
+
+        if isinstance(exc, httpx.TimeoutException):
+            return _unavailable(f"the LLM server at {self.base_url} did not answer within {self.timeout_s:g} s "
+                                "(raise llm.timeout_s or check the server)")
+        return _unavailable(f"cannot reach the LLM server at {self.base_url}: is it running? check llm.base_url "
+                            f"({type(exc).__name__})")
 
     def generate_tool_call(self, messages: list[Message], tools: list[dict[str, Any]], *,
                            tool_choice: str | dict[str, Any] = "auto", max_tokens: int | None = None,
@@ -378,12 +384,8 @@ class OpenAIBackend:
         url = self.base_url + path
         try:
             r = self._client.request(method, url, json=body, headers=self._headers())
-        except httpx.TimeoutException:
-            raise _unavailable(f"the LLM server at {self.base_url} did not answer within {self.timeout_s:g} s "
-                               "(raise llm.timeout_s or check the server)") from None
         except httpx.HTTPError as exc:
-            raise _unavailable(f"cannot reach the LLM server at {self.base_url}: is it running? check llm.base_url "
-                               f"({type(exc).__name__})") from None
+            raise self._transport_error(exc) from None
         if r.status_code >= 400:
             raise self._status_error(r.status_code, r.text)
         try:

@@ -194,15 +194,6 @@ def secure_gaussian_counts(counts: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(meas(flat), dtype=float).reshape(np.shape(counts))
 
 
-def secure_laplace_counts(counts: np.ndarray, scale: float) -> np.ndarray:
-    """Exact discrete-Laplace noise of scale `scale` added to integer counts by OpenDP (secure RNG)."""
-    dp = _opendp()
-    vec = dp.vector_domain(dp.atom_domain(T=int))
-    meas = dp.m.make_laplace(vec, dp.l1_distance(T=int), scale=float(scale))
-    flat = np.asarray(counts).ravel().astype(np.int64).tolist()
-    return np.asarray(meas(flat), dtype=float).reshape(np.shape(counts))
-
-
 def noisy_max_rho(scale: float) -> float:
     """zCDP rho of OpenDP's noisy-max selection (exponential mechanism) for scores of sensitivity 1."""
     dp = _opendp()
