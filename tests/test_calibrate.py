@@ -8,7 +8,7 @@ import pytest
 
 from tests._dpgan_fixture import FIXTURE_SCHEMA, fast_settings, fixture_frame
 from synthehr.tools.engines.dpgan import TrainedGenerator, default_delta, train_dpgan
-from synthehr.tools.engines.dpgan.calibrate import Calibrator, ReleasedTable
+from synthehr.tools.engines.dpgan.calibrate import Calibrator, ReleasedTable, inclusion_probabilities
 from synthehr.tools.engines.dpgan.encoding import TableEncoder
 
 CONDS = ["diabetes", "sex"]
@@ -82,6 +82,48 @@ def test_a_table_not_linked_to_a_restricted_column_is_left_alone() -> None:
     assert cal.usable(t, ["diabetes"])
     pool = _pool(5_000, 2)
     assert np.allclose(cal.weights(pool, ["sex"]), 1.0)
+
+
+def test_inclusion_probabilities_are_proportional_capped_and_sum_to_the_draw() -> None:
+    w = np.array([10.0, 1.0, 1.0, 1.0, 1.0, 2.0])
+    pi = inclusion_probabilities(w, 3)
+    assert abs(pi.sum() - 3) < 1e-9 and pi.max() <= 1.0 + 1e-12
+    assert pi[0] == 1.0  # a record heavier than its share is taken for sure, the rest stay proportional
+    assert np.allclose(pi[1:5], pi[1]) and abs(pi[5] / pi[1] - 2) < 1e-9
+
+
+def test_the_draw_keeps_records_in_proportion_to_their_weights_without_duplicates() -> None:
+    cal = _calibrator([])
+    pool = _pool(8_000, 5)
+    heavy = pool["sex"].to_numpy() == "male"
+    cal.weights = lambda frame, restricted: np.where(heavy, 3.0, 1.0)  # type: ignore[method-assign]
+    pick = cal.draw(pool, [], 2_000, np.random.default_rng(0))
+    assert len(pick) == 2_000 and len(np.unique(pick)) == 2_000
+    share = heavy[pick].mean()
+    expected = 3 * heavy.mean() / (3 * heavy.mean() + (1 - heavy.mean()))
+    assert abs(share - expected) < 0.02  # the exponential-key draw gave about 0.71 here, not 0.75
+
+
+def test_the_demographic_table_is_raked_last_and_holds_when_tables_disagree() -> None:
+    # A selected pair and the age x diabetes table (age is demographic) disagree about age; the demographic
+    # table is fitted last, so the weighted pool ends on it whatever order the tables came in.
+    enc = TableEncoder(FIXTURE_SCHEMA.model_copy(update={"demographics": ["age_years"]}), CONDS, 8)
+    age_old = np.array([1, 1, 1, 1, 2, 4, 6, 8, 0.0])  # 8 bins + missing
+    age_young = age_old[::-1].copy()
+    age_young[-1], age_young[0] = 0.0, 8.0
+    demo = ReleasedTable(("age_years", "diabetes"), ("fine", "cond"),
+                         np.stack([age_young, age_young], axis=1) / (2 * age_young.sum()), "mandatory")
+    pair = np.outer(age_old, np.full(9, 1.0))
+    pair[:, -1] = 0
+    sel = ReleasedTable(("age_years", "bmi_kg_m2"), ("fine", "fine"), pair / pair.sum(), "selected")
+    pool = _pool(20_000, 6)
+    for tables in ([demo, sel], [sel, demo]):
+        cal = Calibrator(enc, 8, 4, {}, tables)
+        assert [t.kind for t in cal.tables] == ["selected", "mandatory"]
+        w = cal.weights(pool, [])
+        codes = cal.coder.codes(pool, "age_years", "fine")
+        got = np.bincount(codes, weights=w, minlength=9)
+        assert _tvd(got[:8], age_young[:8]) < 0.05
 
 
 @pytest.fixture(scope="module")
