@@ -184,3 +184,74 @@ def test_support_mask_keeps_a_broad_thin_tail_and_drops_an_isolated_spike() -> N
     out = support_mask(t, 0, fine, sigma)
     assert (out[8:13, 1] == 45.0).all()  # (its last bin, at the edge of the support, may go)
     assert out[27, 1] == 0.0 and out[3:8, 0].sum() == 2000.0
+
+
+def test_a_numeric_column_x_label_table_is_derived_from_its_pooled_margin_and_coarse_label_table(
+        model: TrainedGenerator) -> None:
+    """Numeric columns: measured as a pooled fine 1-way table plus a coarse x label table (both charged);
+    the fine x label table the engine uses is derived from them (post-processing) and flagged so."""
+    st = model.hyperparameters["structure"]
+    measured = {(tuple(m["columns"]), tuple(m["resolution"])) for m in st["measured_for_derived"]}
+    numeric = [c.name for c in FIXTURE_SCHEMA.columns if c.is_numeric and c.name not in CONDS]
+    assert numeric
+    for c in numeric:
+        assert ((c,), ("fine",)) in measured and ((c, "diabetes"), ("coarse", "cond")) in measured
+        t = next(t for t in st["tables"] if t["columns"] == [c, "diabetes"])
+        assert t["derived"] and t["resolution"] == ["fine", "cond"] and t["shape"][0] > st["bins_coarse"] + 1
+    discrete = [t for t in st["tables"] if t["kind"] == "mandatory" and len(t["columns"]) == 2
+                and t["columns"][0] not in numeric]
+    assert discrete and not any(t["derived"] for t in discrete)
+
+
+def test_derive_fine_keeps_the_coarse_label_table_and_the_pooled_shape_within_groups() -> None:
+    from synthehr.tools.engines.dpgan.structure import derive_fine
+
+    groups = np.array([0, 0, 1, 1, 1, 2, 2, 2])  # 8 fine bins in 3 groups, then the missing cell
+    pooled = np.array([1.0, 3.0, 2.0, 2.0, 4.0, 5.0, 0.0, 5.0, 6.0])
+    coarse = np.array([[10.0, 2.0], [5.0, 5.0], [1.0, 9.0], [3.0, 3.0]])  # groups + missing, x 2 labels
+    out = derive_fine(pooled, coarse, groups, 3)
+    assert out.shape == (9, 2)
+    back = np.stack([out[:8][groups == g].sum(axis=0) for g in range(3)] + [out[8]])
+    assert np.allclose(back, coarse)  # each group's label split is the measured one
+    assert np.allclose(out[:2, 1] / out[:2, 1].sum(), [0.25, 0.75])  # the pooled shape inside group 0
+    assert out[6].sum() == 0.0  # a bin the pooled margin left empty stays empty
+    # no pooled mass in a group: that group's label mass is dropped, not smeared over empty bins
+    assert derive_fine(np.zeros(9), coarse, groups, 3).sum() == 0.0
+
+
+def test_values_spread_inside_their_bins_and_integers_stay_in_their_bin() -> None:
+    """Sampling places a value uniformly inside the chosen bin (the learnt offset had collapsed to one
+    value per bin); an integer column draws among the integers of the bin, so rounding keeps the bin."""
+    import torch
+
+    from synthehr.tools.engines.dpgan.encoding import Block
+    from synthehr.tools.engines.dpgan.networks import _within_bin
+
+    age = Block("age_years", "numeric", 0, 1, lower=18.0, upper=80.0, integer=True, bins=32)
+    idx = torch.arange(32, dtype=torch.float64).repeat_interleave(200)
+    u = torch.rand(idx.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = np.rint((_within_bin(idx, age, u) + 1) / 2 * 62 + 18)
+    back = np.clip(np.floor((v - 18) / 62 * 32), 0, 31)
+    assert (back == idx.numpy()).all()  # every integer lands in the bin it was drawn for
+    assert {79.0, 80.0} <= set(v[idx.numpy() == 31])  # the top bin reaches the top-coded 80
+    bmi = Block("bmi_kg_m2", "numeric", 0, 1, lower=12.0, upper=90.0, bins=32)
+    x = (_within_bin(idx, bmi, u) + 1) / 2 * 78 + 12
+    assert len(np.unique(np.round(x, 1))) > 20 * 32  # not one value per bin
+
+
+def test_sampling_ignores_a_collapsed_learnt_offset(model: TrainedGenerator) -> None:
+    """A generator whose in-bin offset output is the same for every record (what training produced on
+    NHANES) still yields values spread over each bin."""
+    import torch
+
+    from synthehr.tools.engines.dpgan.networks import sample_parts
+
+    enc = model.encoder
+    b = next(b for b in enc.blocks if b.kind == "numeric" and b.bins and not b.integer)
+    raw = torch.zeros((4000, max(x.raw_start + x.raw_width for x in enc.blocks)))
+    raw[:, b.raw_start] = 60.0  # always the first bin
+    raw[:, b.raw_start + b.bins] = 3.0  # a constant offset logit
+    numeric, _, _ = sample_parts(raw, enc, torch.Generator().manual_seed(0))
+    v = numeric[b.name]
+    assert (v >= -1.0).all() and (v <= -1.0 + 2.0 / b.bins + 1e-9).all()  # inside the chosen bin
+    assert len(np.unique(np.round(v, 6))) > 1000  # spread, not one value

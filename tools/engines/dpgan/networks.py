@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -111,9 +114,8 @@ def sample_parts(raw: torch.Tensor, enc: TableEncoder, gen: torch.Generator) -> 
         r = raw[:, b.raw_start : b.raw_start + b.raw_width]
         if b.kind == "numeric":
             if b.bins:
-                idx = _categorical(r[:, : b.bins], gen).to(raw.dtype)
-                off = torch.sigmoid(r[:, b.bins])
-                numeric[b.name] = (-1.0 + 2.0 * (idx + off) / b.bins).numpy()
+                idx = _categorical(r[:, : b.bins], gen).to(torch.float64)
+                numeric[b.name] = _within_bin(idx, b, torch.rand(idx.shape, generator=gen, dtype=torch.float64))
                 rest = r[:, b.bins + 1 :]
             else:
                 numeric[b.name] = torch.tanh(r[:, 0]).numpy()
@@ -123,6 +125,27 @@ def sample_parts(raw: torch.Tensor, enc: TableEncoder, gen: torch.Generator) -> 
         else:
             discrete[b.name] = _categorical(r, gen).numpy()
     return numeric, missing, discrete
+
+
+def _within_bin(idx: torch.Tensor, b: Any, u: torch.Tensor) -> np.ndarray:
+    """A value inside each chosen bin, uniform there (scaled to [-1, 1]).
+
+    The generator's learnt offset inside a bin collapsed to one point per bin (a cohort of 5,000 had 57
+    distinct BMI values and 28 % of its systolic pressures at 123 mmHg), so sampling draws the position
+    in the bin uniformly from the user's seeded stream. Integer columns draw among the integers that lie
+    in the bin, so rounding never moves a value into the next bin (the top bin of age, 78-80 with the
+    top-coded 80s, used to round down to 78)."""
+    lo, hi, k = float(b.lower), float(b.upper), int(b.bins)
+    width = (hi - lo) / k
+    if b.integer:
+        left = lo + idx * width
+        first = torch.ceil(left - 1e-9)
+        last = torch.where(idx >= k - 1, torch.full_like(idx, math.floor(hi)), torch.ceil(left + width - 1e-9) - 1)
+        count = last - first + 1
+        v = torch.where(count >= 1, first + torch.floor(u * count.clamp(min=1)), torch.round(left + u * width))
+        v = v.clamp(math.ceil(lo), math.floor(hi))
+        return ((v - lo) / (hi - lo) * 2.0 - 1.0).numpy()
+    return (-1.0 + 2.0 * (idx + u) / k).numpy()
 
 
 def _categorical(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -194,7 +194,9 @@ def released_from_structure(enc: TableEncoder, struct: Any, coder: Any) -> dict 
         b = blocks[t.cols[0]]
         rows = np.clip(np.asarray(t.counts, dtype=float).T, 0, None)  # (label values, cells)
         numeric = b.kind == "numeric"
-        noise = float(t.sigma) * (math.sqrt(0.375) if numeric else 1.0)  # per cell (numeric: smoothed)
+        # per cell; a measured numeric table was smoothed (variance x 3/8); a derived one's sigma already
+        # carries its coarse row's noise (structure.derive_fine)
+        noise = float(t.sigma) * (math.sqrt(0.375) if numeric and not t.derived else 1.0)
         signal = []
         for r in rows:
             tot = float(r.sum())
