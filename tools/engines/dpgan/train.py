@@ -138,7 +138,8 @@ def train_dpgan(
     n_mand = sum(t.kind == "mandatory" for t in struct.tables)
     charges = [{
         "mechanism": "opendp-zcdp-marginals",
-        "what": (f"{n_mand} column x {conditions[0] if conditions else 'nothing'} tables (the joint of the "
+        "what": (f"{n_mand} column x {conditions[0] if conditions else 'nothing'} tables ({len(struct.measured) // 2} "
+                 f"numeric ones derived from a pooled fine table plus a coarse x label table; the joint of the "
                  f"conditioning columns {', '.join(conditions) or 'none'} is fitted to them) and {n_sel} pairs chosen by the "
                  f"exponential mechanism (OpenDP discrete Gaussian + noisy max, rho {struct.rho:.4g}, "
                  f"zCDP -> approx-DP by OpenDP)"),
