@@ -253,10 +253,13 @@ def run_synthehr(train: pd.DataFrame, schema: Any, label: str, *, eps: float, de
     except ImportError as exc:
         return {"status": "error", "error": f"synthehr engine not available ({exc})"}, None
     settings = None
+    share: dict[str, float] = {}
     try:
-        from synthehr.configs.settings import TrainingSettings
+        from synthehr.configs.settings import Settings, TrainingSettings
 
         settings = TrainingSettings(threads=threads)
+        # the share of epsilon a user's training spends on the DP tables (configs default), not the engine's
+        share = {"preprocessing_share": Settings().privacy.preprocessing_share}
     except Exception:  # noqa: BLE001 - older config without the section: engine defaults
         settings = None
     # The engine's own epoch default, capped at the common GAN cap (unless --synthehr-epochs says).
@@ -270,7 +273,7 @@ def run_synthehr(train: pd.DataFrame, schema: Any, label: str, *, eps: float, de
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gen = train_dpgan(train, schema, target_epsilon=eps, target_delta=delta, conditions=[label], epochs=epochs,
-                              batch_size=batch_size, seed=seed, accountant="prv", settings=settings)
+                              batch_size=batch_size, seed=seed, accountant="prv", settings=settings, **share)
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         synth = gen.sample(n_sample, seed=seed)
@@ -889,7 +892,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "(σ = 5, SmartNoise's default); the epochs column shows how many that was. Runs older than this rule "
         "(GAN cap 30, SmartNoise's stop-after-passing check) could overshoot or stop short.",
         "- Peers get the same public bounds and categories as synthehr and spend no budget on preprocessing; "
-        f"synthehr spends {_pre_share(result)} of ε on DP (Laplace) histograms/marginals before DP-SGD, included in its reported ε.",
+        f"synthehr spends {_pre_share(result)} of ε on its DP tables (OpenDP zCDP marginals) before DP-SGD, included in its reported ε.",
         "",
     ]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 Public API (kept stable; the benchmark calls it):
     train_dpgan(frame, schema, *, target_epsilon, target_delta, conditions, epochs=None, batch_size=None,
-                seed=0, accountant="prv", settings=None, preprocessing_share=0.3, progress=None)
+                seed=0, accountant="prv", settings=None, preprocessing_share=0.8, progress=None)
         -> TrainedGenerator
     TrainedGenerator.sample(n, *, seed, fixed=None, filters=None, proportions=None) -> DataFrame
     TrainedGenerator.save(dir, extra_manifest=None); TrainedGenerator.load(dir, expected_schema=None)

@@ -72,7 +72,7 @@ def train_dpgan(
     seed: int = 0,
     accountant: str = "prv",
     settings: TrainingSettings | None = None,
-    preprocessing_share: float = 0.3,
+    preprocessing_share: float = 0.8,  # = configs privacy.preprocessing_share
     progress: Progress | None = None,
     n_public: int | None = None,
 ) -> TrainedGenerator:
