@@ -285,3 +285,23 @@ def test_issue11_targets_compare_synthehr_with_the_peers_on_every_data_set() -> 
     assert not targets["b: all-pairs 2-way TVD at eps=1 <= AIM's"]["pass"]
     assert targets["b: no reversed top-5 predictor at eps >= 1"]["detail"] == "bmi"
     assert "a: TSTR AUROC at eps=3 >= best DP peer" not in targets  # no eps=3 rows
+
+
+def test_synthehr_is_benchmarked_at_the_share_of_epsilon_users_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness trains synthehr with the configured preprocessing share (what `synthehr train` uses),
+    not an engine default that could drift from it."""
+    import synthehr.tools.engines.dpgan as engine
+    from synthehr.configs.settings import Settings
+
+    seen: dict = {}
+
+    def fake_train(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise RuntimeError("stop after recording the arguments")
+
+    monkeypatch.setattr(engine, "train_dpgan", fake_train)
+    frame = pd.DataFrame({"x": [1.0, 2.0], "y": [0, 1]})
+    rec, synth = brun.run_synthehr(frame, None, "y", eps=1.0, delta=1e-5, seed=0, epochs=1, cap=1, batch_size=None,
+                                   n_sample=2, n_throughput=0, threads=1)
+    assert rec["status"] == "error" and synth is None
+    assert seen["preprocessing_share"] == Settings().privacy.preprocessing_share
