@@ -120,7 +120,6 @@ class Table:
     clean: bool = False
     derived: bool = False  # computed from other measurements (post-processing), not measured itself
 
-
     def describe(self) -> dict:
         """Public: the post-processed noisy counts (a DP release) and how they were measured."""
         return {"columns": list(self.cols), "resolution": list(self.res), "kind": self.kind,
