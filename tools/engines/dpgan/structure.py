@@ -436,8 +436,9 @@ def support_mask(counts: np.ndarray, axis: int, fine: int, sigma: float, k: floa
 def _main_support(keep: np.ndarray, mass: np.ndarray, strong: np.ndarray) -> np.ndarray:
     """Of the runs of kept bins, the one holding the most mass, plus any other run that rises above twice
     the threshold somewhere. A clinical column's support is contiguous; an island of bins far from it that
-    only just clears the noise threshold is noise (at epsilon 1 such islands gave a BMI of 60-90 to about
-    2 % of a cohort, which alone cut its BMI-waist correlation from about 0.85 to 0.7)."""
+    only just clears the noise threshold is noise. Simulated on NHANES pooled margins at a noise std of 60:
+    mass beyond the true 99.5th percentile 1.1 % -> 0.4 % (BMI's SD error 0.5 -> 0.1); over three trainings
+    each, the T2D cohort's BMI-waist correlation went from 0.57-0.62 to 0.65-0.73."""
     keep = np.asarray(keep, dtype=bool)
     if not keep.any():
         return keep
