@@ -305,3 +305,14 @@ def test_synthehr_is_benchmarked_at_the_share_of_epsilon_users_get(monkeypatch: 
                                    n_sample=2, n_throughput=0, threads=1)
     assert rec["status"] == "error" and synth is None
     assert seen["preprocessing_share"] == Settings().privacy.preprocessing_share
+
+
+def test_label_table_simulation_runs_and_is_exact_without_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import label_tables
+
+    assert label_tables.main(["--draws", "1", "--sigma-scale", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    means = [line for line in out.splitlines() if line.startswith("MEAN")]
+    assert len(means) == 2
+    # without noise neither estimator flips the sign of a label difference
+    assert all(line.rstrip().endswith("sign flips 0%") for line in means), means
