@@ -67,15 +67,17 @@ def dp_source_figures(model: Any, fixed: Mapping[str, Any] | None = None) -> dic
     enc = model.encoder
     sub, sl, kept = _restrict(model, fixed)
     shares: dict[str, dict[str, float]] = {}
+    unreleased: list[str] = []
     for j, b in enumerate(kept):
         other = tuple(i for i in range(len(kept)) if i != j)
         ref = sub.sum(axis=other) if other else sub
         s = _normalised({str(c): float(v) for c, v in zip(b.categories, np.ravel(ref))})
         if s:
             shares[b.name] = s
+        else:  # the DP joint has no mass in these cells: the noise swamped them, say so
+            unreleased.append(b.name)
     means: dict[str, dict[str, float]] = {}
     bins: dict[str, dict[str, Any]] = {}
-    unreleased: list[str] = []
     released = getattr(model, "released_marginals", None) or {}
     columns = released.get("columns") or {}
     if columns:
