@@ -27,8 +27,7 @@ import numpy as np
 from benchmarks import data as bdata
 from synthehr.tools.engines.dpgan.encoding import TableEncoder
 from synthehr.tools.engines.dpgan.privacy import norm_sub
-from synthehr.tools.engines.dpgan.structure import (CellCoder, derive_fine, fine_bins, quantile_groups, smooth_fine,
-                                                    support_mask)
+from synthehr.tools.engines.dpgan.structure import CellCoder, clean_fine, derive_fine, fine_bins, quantile_groups
 
 # per-table noise std of one mandatory share at epsilon ~ 1 (measured on the engine's structures)
 SIGMA = {"nhanes": 40.0, "pima": 23.0, "nhefs": 30.0, "breast_cancer": 41.0}
@@ -36,13 +35,13 @@ SIGMA = {"nhanes": 40.0, "pima": 23.0, "nhefs": 30.0, "breast_cancer": 41.0}
 
 def fine_estimate(t: np.ndarray, f: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     y = t + rng.normal(0.0, sigma, t.shape)
-    return norm_sub(support_mask(smooth_fine(y, 0, f), 0, f, sigma))
+    return norm_sub(clean_fine(y, 0, f, sigma))
 
 
 def derived_estimate(t: np.ndarray, f: int, b: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     s1, s2 = sigma * math.sqrt(3.0), sigma * math.sqrt(1.5)  # 1/3 and 2/3 of the share
     pooled = t.sum(axis=1) + rng.normal(0.0, s1, t.shape[0])
-    pooled = norm_sub(support_mask(smooth_fine(pooled, 0, f), 0, f, s1))
+    pooled = norm_sub(clean_fine(pooled, 0, f, s1))
     groups = quantile_groups(pooled, f, b)
     gg = np.concatenate([groups, b + np.arange(t.shape[0] - f)])
     coarse = np.zeros((int(gg.max()) + 1, t.shape[1]))

@@ -12,7 +12,9 @@ Layout of one encoded record
   A missing value is encoded as value 0 with indicator "missing" - never imputed.
   The generator produces a numeric value as a categorical choice among `numeric_bins` equal-width
   bins of the public range (sampled, so the output cannot collapse to one point) plus a
-  continuous offset inside the bin; the discriminator sees only the resulting value.
+  continuous offset inside the bin; the discriminator sees only the resulting value. At sampling time
+  the value is placed uniformly inside the chosen bin instead (networks._within_bin: the learnt
+  offset collapsed to one point per bin).
 * a binary / categorical column: a one-hot over its categories (binary: "0", "1"), plus a final
   "missing" slot when `missing_allowed`.
 * conditioning columns are not generated: they are one-hot encoded into a separate condition

@@ -272,7 +272,7 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
     for cols, res, w in plan:
         if len(cols) == 1 and cols[0] in numeric:
             counts, sigma = noisy(cols, res, rho_mand * w / total_w)
-            clean = norm_sub(support_mask(smooth_fine(counts, 0, F), 0, F, sigma))
+            clean = norm_sub(clean_fine(counts, 0, F, sigma))
             pooled[cols[0]] = clean
             coder.groups[cols[0]] = quantile_groups(clean, F, B)
             st.measured.append((cols, res, sigma))
@@ -434,6 +434,12 @@ def support_mask(counts: np.ndarray, axis: int, fine: int, sigma: float, k: floa
     return np.moveaxis(x, 0, axis)
 
 
+def clean_fine(counts: np.ndarray, axis: int, fine: int, sigma: float) -> np.ndarray:
+    """A noisy table's numeric fine-bin axis smoothed (`smooth_fine`) then cut to the data's support
+    (`support_mask`); post-processing, applied to every measured fine table before norm-sub."""
+    return support_mask(smooth_fine(counts, axis, fine), axis, fine, sigma)
+
+
 def _main_support(keep: np.ndarray, mass: np.ndarray, strong: np.ndarray) -> np.ndarray:
     """Of the runs of kept bins, the one holding the most mass, plus any other run that rises above twice
     the threshold somewhere. A clinical column's support is contiguous; an island of bins far from it that
@@ -461,7 +467,7 @@ def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
         if not t.clean:
             for k, (c, z) in enumerate(zip(t.cols, t.res)):
                 if z == "fine" and c in coder.blocks and coder.blocks[c].kind == "numeric":
-                    t.counts = support_mask(smooth_fine(t.counts, k, coder.fine), k, coder.fine, t.sigma)
+                    t.counts = clean_fine(t.counts, k, coder.fine, t.sigma)
             t.counts = norm_sub(t.counts)
             t.clean = True
     w = np.array([1.0 / (t.sigma**2 * t.counts.size) for t in st.tables])
