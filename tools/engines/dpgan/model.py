@@ -272,6 +272,7 @@ class TrainedGenerator:
     def _generate(self, cond_codes: np.ndarray, gen: Any) -> pd.DataFrame:
         import torch
 
+        from synthehr.tools.engines.dpgan.coupling import uniforms
         from synthehr.tools.engines.dpgan.networks import sample_parts
 
         enc = self.encoder
@@ -285,7 +286,8 @@ class TrainedGenerator:
                 cc = cond_codes[i : i + chunk]
                 c = torch.from_numpy(enc.codes_to_onehot(cc))
                 z = torch.randn(len(cc), self.generator.noise_dim, generator=gen)
-                parts = sample_parts(self.generator(z, c), enc, gen)
+                coupled = uniforms(self.hyperparameters.get("coupling"), len(cc), gen)
+                parts = sample_parts(self.generator(z, c), enc, gen, coupled)
                 for store, part in zip((numeric, missing, discrete), parts):
                     for k, v in part.items():
                         store.setdefault(k, []).append(v)

@@ -107,13 +107,22 @@ def numeric_value(raw: torch.Tensor, b: Any) -> torch.Tensor:
     return torch.tanh(r[:, 0])
 
 
-def sample_parts(raw: torch.Tensor, enc: TableEncoder, gen: torch.Generator) -> tuple[dict, dict, dict]:
-    """Sampling-time decoding of raw generator output: (numeric values in [-1, 1], missing masks, discrete codes)."""
+def sample_parts(raw: torch.Tensor, enc: TableEncoder, gen: torch.Generator,
+                 coupled: dict[str, torch.Tensor] | None = None) -> tuple[dict, dict, dict]:
+    """Sampling-time decoding of raw generator output: (numeric values in [-1, 1], missing masks, discrete codes).
+
+    coupled: column -> the uniforms of its bin draw (`coupling.uniforms`); the position inside the chosen
+    bin is then where the uniform falls in the bin's CDF interval. Other columns draw independently."""
     numeric, missing, discrete = {}, {}, {}
+    coupled = coupled or {}
     for b in enc.blocks:
         r = raw[:, b.raw_start : b.raw_start + b.raw_width]
         if b.kind == "numeric":
-            if b.bins:
+            if b.bins and b.name in coupled:
+                idx, inside = bin_indices(raw, b, coupled[b.name], with_position=True)
+                numeric[b.name] = _within_bin(idx.to(torch.float64), b, inside)
+                rest = r[:, b.bins + 1 :]
+            elif b.bins:
                 idx = _categorical(r[:, : b.bins], gen).to(torch.float64)
                 numeric[b.name] = _within_bin(idx, b, torch.rand(idx.shape, generator=gen, dtype=torch.float64))
                 rest = r[:, b.bins + 1 :]
@@ -146,6 +155,21 @@ def _within_bin(idx: torch.Tensor, b: Any, u: torch.Tensor) -> np.ndarray:
         v = v.clamp(math.ceil(lo), math.floor(hi))
         return ((v - lo) / (hi - lo) * 2.0 - 1.0).numpy()
     return (-1.0 + 2.0 * (idx + u) / k).numpy()
+
+
+def bin_indices(raw: torch.Tensor, b: Any, u: torch.Tensor, with_position: bool = False) -> Any:
+    """A numeric block's bin per row by inverse CDF of its softmax at the given uniforms u (float64);
+    with_position: also where u lies inside the chosen bin's CDF interval, in [0, 1)."""
+    p = torch.softmax(raw[:, b.raw_start : b.raw_start + b.bins].to(torch.float64), dim=1)
+    cdf = torch.cumsum(p, dim=1)
+    uu = (u.to(torch.float64) * cdf[:, -1]).unsqueeze(1)
+    idx = (cdf < uu).sum(dim=1).clamp_(max=b.bins - 1)
+    if not with_position:
+        return idx
+    hi = cdf.gather(1, idx.unsqueeze(1)).squeeze(1)
+    width = p.gather(1, idx.unsqueeze(1)).squeeze(1)
+    inside = ((uu.squeeze(1) - (hi - width)) / width.clamp(min=1e-300)).clamp(0.0, 1.0 - 1e-12)
+    return idx, inside
 
 
 def _categorical(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

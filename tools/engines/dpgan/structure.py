@@ -33,8 +33,10 @@ Documented, data-independent rules (n = public row count, d = number of columns,
                share is split POOLED_SHARE = 1/3 to its pooled fine table, 2/3 to its coarse x label table),
                50 % selected pairs: per round 10 % selection, 90 % measurement (AIM's measure_split);
                no pairs: all to the mandatory tables.
-Consistency ("own projection"; mbi 2.0.0 needs jax, kept out of the shared venv): each noisy table is
-made non-negative with its total kept (norm-sub); all tables are scaled to one total (inverse-variance
+Consistency ("own projection"; mbi 2.0.0 needs jax, kept out of the shared venv): a selected pair of two
+ordered columns (`ordered_cells`: numeric bins, or two categories) is shrunk towards its best-fitting
+Gaussian copula with the released margins (`copula.shrink_pair`, James-Stein; its fitted correlation is
+released with it as `copula_rho`); every other noisy table is made non-negative with its total kept (norm-sub); all tables are scaled to one total (inverse-variance
 mean of the tables' totals); the label margin is the inverse-variance mean of all mandatory tables'
 label margins, a column's margin is taken from its (label-fitted) mandatory table, and every table is
 fitted to those margins by iterative proportional fitting. Before that, a numeric column's fine bins
@@ -54,7 +56,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthehr.tools.engines.dpgan.encoding import Block, TableEncoder
+from synthehr.tools.engines.dpgan.copula import shrink_pair
+from synthehr.tools.engines.dpgan.encoding import MISSING, Block, TableEncoder
 from synthehr.tools.engines.dpgan.privacy import (gaussian_rho, noisy_max_rho, norm_sub, secure_gaussian_counts,
                                                   secure_noisy_max)
 
@@ -119,11 +122,13 @@ class Table:
     kind: str  # "mandatory" | "selected"
     clean: bool = False
     derived: bool = False  # computed from other measurements (post-processing), not measured itself
+    rho: float | None = None  # selected pair of ordered columns: the fitted copula correlation (`copula`)
 
     def describe(self) -> dict:
         """Public: the post-processed noisy counts (a DP release) and how they were measured."""
         return {"columns": list(self.cols), "resolution": list(self.res), "kind": self.kind,
                 "sigma": round(float(self.sigma), 4), "derived": self.derived, "shape": list(self.counts.shape),
+                **({"copula_rho": round(self.rho, 3)} if self.rho is not None else {}),
                 "counts": [round(float(v), 2) for v in self.counts.ravel()]}
 
 
@@ -463,13 +468,23 @@ def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
     """Non-negative tables with one total and shared 1-way margins (post-processing, in place)."""
     if not st.tables:
         return
-    for t in st.tables:
-        if not t.clean:
-            for k, (c, z) in enumerate(zip(t.cols, t.res)):
-                if z == "fine" and c in coder.blocks and coder.blocks[c].kind == "numeric":
-                    t.counts = clean_fine(t.counts, k, coder.fine, t.sigma)
-            t.counts = norm_sub(t.counts)
+    # mandatory tables first: the selected pairs' copula targets use the margins they release
+    for t in sorted(st.tables, key=lambda t: t.kind != "mandatory"):
+        if t.clean:
+            continue
+        cells = [ordered_cells(coder, c, z) for c, z in zip(t.cols, t.res)] if t.kind == "selected" else []
+        if len(cells) == 2 and all(v is not None for v in cells):
+            ref = _reference_margins(st, coder)
+            margins = [(_convert(ref[c][1], coder, c, ref[c][0], z) if c in ref else _margin(t, k))
+                       for k, (c, z) in enumerate(zip(t.cols, t.res))]
+            t.counts, t.rho = shrink_pair(t.counts, t.sigma, margins[0], margins[1], cells[0], cells[1])
             t.clean = True
+            continue
+        for k, (c, z) in enumerate(zip(t.cols, t.res)):
+            if z == "fine" and c in coder.blocks and coder.blocks[c].kind == "numeric":
+                t.counts = clean_fine(t.counts, k, coder.fine, t.sigma)
+        t.counts = norm_sub(t.counts)
+        t.clean = True
     w = np.array([1.0 / (t.sigma**2 * t.counts.size) for t in st.tables])
     tot = np.array([t.counts.sum() for t in st.tables])
     total = float(max((w * tot).sum() / w.sum(), 1.0))
@@ -493,6 +508,16 @@ def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
                 rz, m = ref[c]
                 targets.append((k, _convert(m, coder, c, rz, z)))
         _ipf(t, targets, iters)
+
+
+def ordered_cells(coder: CellCoder, col: str, res: str) -> np.ndarray | None:
+    """The value cells of a column at a resolution, in order, if the column is ordered (numeric bins, or
+    a column with two categories); None for an unordered column. Missing cells are left out."""
+    b = coder.cond.get(col) or coder.blocks[col]
+    if b.kind == "numeric":
+        return np.arange(coder.fine if res == "fine" else coder.coarse)
+    values = [i for i, c in enumerate(b.categories) if c != MISSING]
+    return np.asarray(values) if len(values) == 2 else None
 
 
 def condition_joint(st: Structure, coder: CellCoder, iters: int = 50) -> np.ndarray:

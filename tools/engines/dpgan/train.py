@@ -83,6 +83,7 @@ def train_dpgan(
     """
     import torch
 
+    from synthehr.tools.engines.dpgan.coupling import fit_coupling
     from synthehr.tools.engines.dpgan.structure import fine_bins, measure_structure
 
     if target_epsilon <= 0 or not math.isfinite(target_epsilon):
@@ -170,6 +171,11 @@ def train_dpgan(
         "randomness": ("privacy noise and Poisson sampling from secure sources (OpenDP CSPRNG; torch generators "
                        "seeded from os.urandom); the seed reproduces sampling from this model, never its training"),
     }
+    # Coupled bin draws fitted to the released pair tables (post-processing; see coupling.py).
+    t_couple = time.perf_counter()
+    result["generator"].eval()
+    hp["coupling"] = fit_coupling(result["generator"], enc, hist, hp["structure"], seed=seed)
+    details["seconds_coupling"] = round(time.perf_counter() - t_couple, 3)
     return TrainedGenerator(result["generator"], enc, hist, epsilon=total, delta=float(target_delta),
                             target_epsilon=float(target_epsilon), target_delta=float(target_delta),
                             accountant=accountant, charges=charges, history=result["history"],
