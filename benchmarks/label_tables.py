@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks import data as bdata
 from synthehr.tools.engines.dpgan.encoding import TableEncoder
 from synthehr.tools.engines.dpgan.privacy import norm_sub
-from synthehr.tools.engines.dpgan.structure import CellCoder, clean_fine, derive_fine, fine_bins, quantile_groups
+from synthehr.tools.engines.dpgan.structure import CellCoder, clean_fine, derive_fine, fine_bins, quantile_groups, smooth_fine
 
 # per-table noise std of one mandatory share at epsilon ~ 1 (measured on the engine's structures)
 SIGMA = {"nhanes": 40.0, "pima": 23.0, "nhefs": 30.0, "breast_cancer": 41.0}
@@ -40,14 +40,14 @@ def fine_estimate(t: np.ndarray, f: int, sigma: float, rng: np.random.Generator)
 
 def derived_estimate(t: np.ndarray, f: int, b: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     s1, s2 = sigma * math.sqrt(3.0), sigma * math.sqrt(1.5)  # 1/3 and 2/3 of the share
-    pooled = t.sum(axis=1) + rng.normal(0.0, s1, t.shape[0])
-    pooled = norm_sub(clean_fine(pooled, 0, f, s1))
+    noisy = t.sum(axis=1) + rng.normal(0.0, s1, t.shape[0])
+    pooled = norm_sub(clean_fine(noisy, 0, f, s1))
     groups = quantile_groups(pooled, f, b)
     gg = np.concatenate([groups, b + np.arange(t.shape[0] - f)])
     coarse = np.zeros((int(gg.max()) + 1, t.shape[1]))
     np.add.at(coarse, gg, t)
     coarse = norm_sub(coarse + rng.normal(0.0, s2, coarse.shape))
-    return derive_fine(pooled, coarse, groups, b)
+    return derive_fine(pooled, coarse, groups, b, raw=smooth_fine(noisy, 0, f), noise=s2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -291,3 +291,27 @@ def test_selected_numeric_pairs_are_copula_denoised_and_coupled_at_sampling(mode
     assert ns(a) > 0.6
     if not model.hyperparameters.get("coupling"):
         assert ns(a) > ns(model.sample(3000, seed=5)) + 0.05
+        coupled.couple = False  # independent draws on request: the uncoupled model's rows
+        pd.testing.assert_frame_equal(coupled.sample(300, seed=5), model.sample(300, seed=5))
+
+
+def test_derive_fine_spreads_a_groups_records_over_bins_the_support_mask_cut() -> None:
+    """A thin, wide distribution (diabetes duration): the pooled mask kept one bin of the top group but
+    the coarse x label table holds many more records there; they are spread over the group's cut bins
+    in proportion to the smoothed noisy counts, not piled on the one bin left."""
+    from synthehr.tools.engines.dpgan.structure import derive_fine
+
+    groups = np.array([0, 0, 1, 1, 2, 2, 2, 2, 2, 2])
+    pooled = np.array([100.0, 100.0, 100.0, 100.0, 50.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    raw = np.array([100.0, 100.0, 100.0, 100.0, 50.0, 120.0, 60.0, 30.0, -10.0, 10.0])
+    coarse = np.array([[150.0, 50.0], [150.0, 50.0], [50.0, 200.0]])
+    cut = derive_fine(pooled, coarse, groups, 3)
+    assert cut[4].sum() == pytest.approx(250.0) and cut[5:].sum() == 0.0  # all of group 2 on one bin
+    out = derive_fine(pooled, coarse, groups, 3, raw=raw, noise=10.0)
+    assert np.allclose(out.sum(axis=1)[:4], cut.sum(axis=1)[:4])  # groups without a deficit unchanged
+    assert out[4:].sum() == pytest.approx(250.0)  # the group keeps its measured records
+    assert out[5:].sum() > 0.7 * 250.0 and out[8].sum() == 0.0  # spread where the raw counts are positive
+    assert out[9].sum() == 0.0  # nearest cut bins first: 120 + 60 + 30 hold the deficit of 250 - 50
+    assert np.allclose(out[4:].sum(axis=0), coarse[2])  # and by label as measured
+    # within the noise: no spreading
+    assert np.allclose(derive_fine(pooled, coarse, groups, 3, raw=raw, noise=200.0), cut)

@@ -8,9 +8,11 @@ the following fit to the margins spreads it: strong pairs lose a third of their 
 Post-processing of the noisy table `y` (noise std `sigma` per cell) and of the released 1-way margins:
   1. target E: a discretised Gaussian copula with those margins and the one correlation rho that fits
      `y` best (least squares over a grid; a cell's probability is a bivariate-normal rectangle between
-     the normal quantiles of the margins' cumulative shares); missing cells: independence;
+     the normal quantiles of the margins' cumulative shares), over the value cells; missing cells are
+     left as measured (clipped at 0), and each value row's margin is its released one less its
+     measured missing cells;
   2. estimate E + c (y - E) with the positive-part James-Stein factor
-     c = max(0, 1 - (m - 2) sigma^2 / ||y - E||^2), m = number of cells: when the table departs from the
+     c = max(0, 1 - (m - 2) sigma^2 / ||y - E||^2), m = number of value cells: when the table departs from the
      copula by more than its noise, that departure (a U-shape, a threshold) is kept in proportion; when
      it does not, the noise is dropped with it. No tuning constant: sigma is known exactly.
 In a no-training simulation on the NHANES numeric pairs (`python -m benchmarks.pair_tables`) the
@@ -62,25 +64,40 @@ def copula_cells(ma: np.ndarray, mb: np.ndarray, rho: float) -> np.ndarray:
     return np.clip(np.diff(np.diff(c, axis=0), axis=1), 0.0, None)
 
 
-def copula_target(y: np.ndarray, ma: np.ndarray, mb: np.ndarray, va: np.ndarray, vb: np.ndarray) -> tuple[np.ndarray, float]:
+def _less_missing(margin: np.ndarray, missing: np.ndarray, other_missing_mass: float, noise: float) -> np.ndarray:
+    """Value cells' released margin less the measured missing cells of the other column, if that column's
+    released missing mass exceeds twice the noise std the subtraction adds (else the margin as released)."""
+    if noise > 0 and other_missing_mass <= 2.0 * noise * np.sqrt(len(margin)):
+        return np.clip(margin, 0, None)
+    return np.clip(margin - missing, 0, None)
+
+
+def copula_target(y: np.ndarray, ma: np.ndarray, mb: np.ndarray, va: np.ndarray, vb: np.ndarray,
+                  noise: float = 0.0) -> tuple[np.ndarray, float]:
     """The best-fitting copula table for noisy counts y (rows x cols) with released margins ma, mb.
 
-    va, vb: the (ordered) value cells of each axis; the other cells (missing) follow independence.
-    Returns (target counts with y's total, fitted rho)."""
+    va, vb: the (ordered) value cells of each axis. The copula's margins are the released ones less the
+    measured missing cells of each row (column), when the other column's released missing mass is above
+    the noise that subtraction adds (`_less_missing`; `noise` = a cell's noise std): missingness can
+    depend on the other column (stroke is not asked below age 20), and the released margins alone would
+    put the missing records' mass into the block (age and stroke then fitted a negative correlation).
+    Cells outside the value block are returned as measured. Returns (target counts, fitted rho)."""
     y = np.asarray(y, dtype=float)
-    total = max(float(y.sum()), 1.0)
-    ma = np.clip(np.asarray(ma, dtype=float), 0, None)
-    mb = np.clip(np.asarray(mb, dtype=float), 0, None)
-    pa = ma / max(ma.sum(), 1e-12)
-    pb = mb / max(mb.sum(), 1e-12)
-    target = np.outer(pa, pb) * total
-    block_mass = float(target[np.ix_(va, vb)].sum())
-    if block_mass <= 0 or len(va) < 2 or len(vb) < 2:
-        return target, 0.0
+    target = y.copy()
     yb = y[np.ix_(va, vb)]
+    ma, mb = np.asarray(ma, dtype=float), np.asarray(mb, dtype=float)
+    other_b = np.setdiff1d(np.arange(y.shape[1]), vb)
+    other_a = np.setdiff1d(np.arange(y.shape[0]), va)
+    # a value row's mass inside the block: its released margin less its measured missing cells, when the
+    # other column's released missing mass is above the noise that subtraction would add
+    pa = _less_missing(ma[va], y[np.ix_(va, other_b)].sum(axis=1), float(np.clip(mb[other_b], 0, None).sum()), noise)
+    pb = _less_missing(mb[vb], y[np.ix_(other_a, vb)].sum(axis=0), float(np.clip(ma[other_a], 0, None).sum()), noise)
+    block_mass = float(yb.sum())
+    if block_mass <= 0 or len(va) < 2 or len(vb) < 2 or pa.sum() <= 0 or pb.sum() <= 0:
+        return target, 0.0
     best, best_rho, best_cells = np.inf, 0.0, None
     for rho in RHO_GRID:
-        cells = copula_cells(pa[va], pb[vb], float(rho))
+        cells = copula_cells(pa, pb, float(rho))
         cells = cells / max(cells.sum(), 1e-12) * block_mass
         err = float(((yb - cells) ** 2).sum())
         if err < best:
@@ -102,8 +119,9 @@ def shrink_pair(y: np.ndarray, sigma: float, ma: np.ndarray, mb: np.ndarray, va:
     """Noisy 2-way counts -> non-negative counts with the same total (steps 1-2 of the module doc)."""
     y = np.asarray(y, dtype=float)
     total = float(y.sum())
-    target, rho = copula_target(y, ma, mb, va, vb)
-    est = np.clip(james_stein(y, target, sigma), 0.0, None)
+    target, rho = copula_target(y, ma, mb, va, vb, noise=sigma)
+    est = np.clip(y, 0.0, None)  # cells outside the value block: as measured, made non-negative
+    est[np.ix_(va, vb)] = np.clip(james_stein(y[np.ix_(va, vb)], target[np.ix_(va, vb)], sigma), 0.0, None)
     s = float(est.sum())
     if s <= 0:
         return target, rho

@@ -94,6 +94,8 @@ class TrainedGenerator:
         self.consistency_rules = True
         # Weight generated records to the released DP tables at sampling time: see calibrate.py.
         self.calibrate = True
+        # Couple the numeric bin draws to the released pair correlations (coupling.py); False: independent draws.
+        self.couple = True
         self._calibrator: Any = None
         self.generator.eval()
 
@@ -286,7 +288,7 @@ class TrainedGenerator:
                 cc = cond_codes[i : i + chunk]
                 c = torch.from_numpy(enc.codes_to_onehot(cc))
                 z = torch.randn(len(cc), self.generator.noise_dim, generator=gen)
-                coupled = uniforms(self.hyperparameters.get("coupling"), len(cc), gen)
+                coupled = uniforms(self.hyperparameters.get("coupling") if self.couple else None, len(cc), gen)
                 parts = sample_parts(self.generator(z, c), enc, gen, coupled)
                 for store, part in zip((numeric, missing, discrete), parts):
                     for k, v in part.items():
