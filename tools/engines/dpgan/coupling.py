@@ -20,7 +20,7 @@ positive definite by clipping its eigenvalues. Everything used is the generator 
 post-processing, no privacy cost. The pool's draws come from a generator seeded by the model's seed.
 
 Measured (RESULTS.md, engine v2.2): the NHANES diabetes cohort's BMI-waist correlation went from 0.72 to
-0.86 on one trained model (real 0.90). The cost: coupled noise makes two strongly related predictors
+0.90 on one trained model sampled both ways (real 0.90). The cost: coupled noise makes two strongly related predictors
 more collinear than the generator's signal alone, and a classifier trained on the synthetic records
 leans on their contrast: TSTR AUROC fell by 0.006 on Pima and 0.03 on NHEFS (6 trainings each, same
 models sampled both ways). `TrainedGenerator.couple = False` samples without coupling.
