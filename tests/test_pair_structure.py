@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from synthehr.tools.engines.dpgan.copula import bvn_cdf, copula_cells, copula_target, james_stein, shrink_pair
-from synthehr.tools.engines.dpgan.coupling import coupling_targets, fit_coupling, nearest_correlation, normal_scores_corr, uniforms
+from synthehr.tools.engines.dpgan.coupling import (coupling_targets, fit_coupling, nearest_correlation, normal_scores_corr,
+                                                   uniforms)
 from synthehr.tools.engines.dpgan.privacy import norm_sub
 
 

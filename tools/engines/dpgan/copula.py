@@ -12,9 +12,9 @@ Post-processing of the noisy table `y` (noise std `sigma` per cell) and of the r
      left as measured (clipped at 0), and each value row's margin is its released one less its
      measured missing cells;
   2. estimate E + c (y - E) with the positive-part James-Stein factor
-     c = max(0, 1 - (m - 2) sigma^2 / ||y - E||^2), m = number of value cells: when the table departs from the
-     copula by more than its noise, that departure (a U-shape, a threshold) is kept in proportion; when
-     it does not, the noise is dropped with it. No tuning constant: sigma is known exactly.
+     c = max(0, 1 - (m - 2) sigma^2 / ||y - E||^2), m = number of value cells: when the table departs
+     from the copula by more than its noise, that departure (a U-shape, a threshold) is kept in
+     proportion; when it does not, the noise is dropped with it. No tuning constant: sigma is known exactly.
 In a no-training simulation on the NHANES numeric pairs (`python -m benchmarks.pair_tables`) the
 pair tables' TVD to the truth fell by about half and strong pairs' correlation bias by two thirds; the
 figures for every benchmark data set are in RESULTS.md. Only pairs of ordered columns (numeric, or two

@@ -15,13 +15,13 @@ the identity and each entry of a selected pair of numeric columns is moved, a fe
 between the pair's Gaussian-copula correlation in the released DP table (`copula.copula_target`, fitted
 at release: an estimate of the latent normal correlation of the two columns) and the normal-scores
 correlation of the two columns' values in a pool sampled from the model (the same quantity, measured
-on continuous values: the coarse table alone cannot see that values are independent inside its cells); the matrix is kept
-positive definite by clipping its eigenvalues. Everything used is the generator and released tables:
+on continuous values: the coarse table alone cannot see that values are independent inside its cells);
+the matrix is kept positive definite by clipping its eigenvalues. Everything used is the generator and released tables:
 post-processing, no privacy cost. The pool's draws come from a generator seeded by the model's seed.
 
 Measured (RESULTS.md, engine v2.2): the NHANES diabetes cohort's BMI-waist correlation went from 0.72 to
-0.90 on one trained model sampled both ways (real 0.90). The cost: coupled noise makes two strongly related predictors
-more collinear than the generator's signal alone, and a classifier trained on the synthetic records
+0.90 on one trained model sampled both ways (real 0.90). The cost: coupled noise makes two strongly
+related predictors more collinear than the generator's signal alone, and a classifier trained on the synthetic records
 leans on their contrast: TSTR AUROC fell by 0.006 on Pima and 0.03 on NHEFS (6 trainings each, same
 models sampled both ways). `TrainedGenerator.couple = False` samples without coupling.
 """

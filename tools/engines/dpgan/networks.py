@@ -161,9 +161,7 @@ def bin_indices(raw: torch.Tensor, b: Any, u: torch.Tensor, with_position: bool 
     """A numeric block's bin per row by inverse CDF of its softmax at the given uniforms u (float64);
     with_position: also where u lies inside the chosen bin's CDF interval, in [0, 1)."""
     p = torch.softmax(raw[:, b.raw_start : b.raw_start + b.bins].to(torch.float64), dim=1)
-    cdf = torch.cumsum(p, dim=1)
-    uu = (u.to(torch.float64) * cdf[:, -1]).unsqueeze(1)
-    idx = (cdf < uu).sum(dim=1).clamp_(max=b.bins - 1)
+    idx, cdf, uu = _inverse_cdf(p, u.to(torch.float64).unsqueeze(1))
     if not with_position:
         return idx
     hi = cdf.gather(1, idx.unsqueeze(1)).squeeze(1)
@@ -172,9 +170,15 @@ def bin_indices(raw: torch.Tensor, b: Any, u: torch.Tensor, with_position: bool 
     return idx, inside
 
 
+def _inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index per row of the cell whose CDF interval holds u (rows x 1, in [0, 1)) scaled to the row's
+    total; returns (index, cdf, scaled u)."""
+    cdf = torch.cumsum(p, dim=1)
+    uu = u * cdf[:, -1:]
+    return (cdf < uu).sum(dim=1).clamp_(max=p.shape[1] - 1), cdf, uu
+
+
 def _categorical(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One index per row drawn from softmax(logits): inverse-CDF with one uniform per row (seeded generator)."""
     p = torch.softmax(logits, dim=1)
-    cdf = torch.cumsum(p, dim=1)
-    u = torch.rand((logits.shape[0], 1), generator=gen, dtype=cdf.dtype) * cdf[:, -1:]
-    return (cdf < u).sum(dim=1).clamp_(max=logits.shape[1] - 1)
+    return _inverse_cdf(p, torch.rand((logits.shape[0], 1), generator=gen, dtype=p.dtype))[0]

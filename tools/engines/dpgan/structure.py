@@ -36,10 +36,11 @@ Documented, data-independent rules (n = public row count, d = number of columns,
 Consistency ("own projection"; mbi 2.0.0 needs jax, kept out of the shared venv): a selected pair of two
 ordered columns (`ordered_cells`: numeric bins, or two categories) is shrunk towards its best-fitting
 Gaussian copula with the released margins (`copula.shrink_pair`, James-Stein; its fitted correlation is
-released with it as `copula_rho`); every other noisy table is made non-negative with its total kept (norm-sub); all tables are scaled to one total (inverse-variance
-mean of the tables' totals); the label margin is the inverse-variance mean of all mandatory tables'
-label margins, a column's margin is taken from its (label-fitted) mandatory table, and every table is
-fitted to those margins by iterative proportional fitting. Before that, a numeric column's fine bins
+released with it as `copula_rho`); every other noisy table is made non-negative with its total kept
+(norm-sub); all tables are scaled to one total (inverse-variance mean of the tables' totals); the label
+margin is the inverse-variance mean of all mandatory tables' label margins, a column's margin is taken
+from its (label-fitted) mandatory table, and every table is fitted to those margins by iterative
+proportional fitting. Before that, a numeric column's fine bins
 are smoothed with a [1, 2, 1] / 4 kernel (`smooth_fine`) and bins (and the missing cell) outside the support of the pooled
 margin (a 5-bin window below 2 noise std) are zeroed (`support_mask`); with a label, this is done to the pooled
 1-way table, whose shape inside each coarse group then splits the coarse x label counts (`derive_fine`).
@@ -122,13 +123,13 @@ class Table:
     kind: str  # "mandatory" | "selected"
     clean: bool = False
     derived: bool = False  # computed from other measurements (post-processing), not measured itself
-    rho: float | None = None  # selected pair of ordered columns: the fitted copula correlation (`copula`)
+    copula_rho: float | None = None  # selected pair of ordered columns: its fitted copula correlation (`copula`)
 
     def describe(self) -> dict:
         """Public: the post-processed noisy counts (a DP release) and how they were measured."""
         return {"columns": list(self.cols), "resolution": list(self.res), "kind": self.kind,
                 "sigma": round(float(self.sigma), 4), "derived": self.derived, "shape": list(self.counts.shape),
-                **({"copula_rho": round(self.rho, 3)} if self.rho is not None else {}),
+                **({"copula_rho": round(self.copula_rho, 3)} if self.copula_rho is not None else {}),
                 "counts": [round(float(v), 2) for v in self.counts.ravel()]}
 
 
@@ -362,7 +363,6 @@ def derive_fine(pooled: np.ndarray, coarse_by_label: np.ndarray, groups: np.ndar
     extra = pooled.shape[0] - fine
     gg = np.concatenate([np.asarray(groups, dtype=int), coarse + np.arange(extra)])
     pooled = np.asarray(pooled, dtype=float).copy()
-    gs = np.bincount(gg, weights=pooled, minlength=coarse_by_label.shape[0])
     if raw is not None:
         raw = np.clip(np.asarray(raw, dtype=float), 0, None)
         rows = coarse_by_label.sum(axis=1)
@@ -380,7 +380,7 @@ def derive_fine(pooled: np.ndarray, coarse_by_label: np.ndarray, groups: np.ndar
             use = order[:take]
             w = raw[use] / raw[use].sum() if raw[use].sum() > 0 else np.full(len(use), 1.0 / len(use))
             pooled[use] += deficit * w
-        gs = np.bincount(gg, weights=pooled, minlength=coarse_by_label.shape[0])
+    gs = np.bincount(gg, weights=pooled, minlength=coarse_by_label.shape[0])
     within = np.where(gs[gg] > 0, pooled / np.maximum(gs[gg], 1e-300), 0.0)
     return within[:, None] * coarse_by_label[gg, :]
 
@@ -501,15 +501,16 @@ def _project(st: Structure, coder: CellCoder, iters: int = 30) -> None:
     if not st.tables:
         return
     # mandatory tables first: the selected pairs' copula targets use the margins they release
+    ref = None
     for t in sorted(st.tables, key=lambda t: t.kind != "mandatory"):
         if t.clean:
             continue
         cells = [ordered_cells(coder, c, z) for c, z in zip(t.cols, t.res)] if t.kind == "selected" else []
         if len(cells) == 2 and all(v is not None for v in cells):
-            ref = _reference_margins(st, coder)
+            ref = ref if ref is not None else _reference_margins(st, coder)
             margins = [(_convert(ref[c][1], coder, c, ref[c][0], z) if c in ref else _margin(t, k))
                        for k, (c, z) in enumerate(zip(t.cols, t.res))]
-            t.counts, t.rho = shrink_pair(t.counts, t.sigma, margins[0], margins[1], cells[0], cells[1])
+            t.counts, t.copula_rho = shrink_pair(t.counts, t.sigma, margins[0], margins[1], cells[0], cells[1])
             t.clean = True
             continue
         for k, (c, z) in enumerate(zip(t.cols, t.res)):
