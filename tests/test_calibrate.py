@@ -126,6 +126,26 @@ def test_the_demographic_table_is_raked_last_and_holds_when_tables_disagree() ->
         assert _tvd(got[:8], age_young[:8]) < 0.05
 
 
+def test_a_key_measure_gets_the_demographic_share_and_is_raked_with_the_demographics() -> None:
+    from synthehr.tools.engines.dpgan.structure import DEMOGRAPHIC_WEIGHT, POOLED_SHARE, mandatory_weights
+
+    schema = FIXTURE_SCHEMA.model_copy(update={"demographics": ["age_years"], "key_measures": ["hba1c_pct"]})
+    w = {cols: weight for cols, _res, weight in mandatory_weights(schema, CONDS, ["age_years", "bmi_kg_m2", "hba1c_pct"],
+                                                                  {"age_years", "bmi_kg_m2", "hba1c_pct"})}
+    assert w[("hba1c_pct", "diabetes")] == pytest.approx(DEMOGRAPHIC_WEIGHT * (1 - POOLED_SHARE))
+    assert w[("hba1c_pct",)] == pytest.approx(DEMOGRAPHIC_WEIGHT * POOLED_SHARE) == w[("age_years",)]
+    assert w[("bmi_kg_m2", "diabetes")] == pytest.approx(1 - POOLED_SHARE)
+    enc = TableEncoder(schema, CONDS, 8)
+    flat = np.full((9, 2), 1.0 / 18)
+    tables = [ReleasedTable(("hba1c_pct", "diabetes"), ("fine", "cond"), flat, "mandatory"),
+              ReleasedTable(("bmi_kg_m2", "diabetes"), ("fine", "cond"), flat, "mandatory"),
+              ReleasedTable(("age_years", "bmi_kg_m2"), ("fine", "fine"), np.full((9, 9), 1.0 / 81), "selected")]
+    cal = Calibrator(enc, 8, 4, {}, tables)
+    assert [t.cols[0] for t in cal.tables] == ["age_years", "bmi_kg_m2", "hba1c_pct"]  # trust order
+    with pytest.raises(ValueError, match="key_measures names 'glucose'"):
+        FIXTURE_SCHEMA.model_validate({**FIXTURE_SCHEMA.model_dump(), "key_measures": ["glucose"]})
+
+
 @pytest.fixture(scope="module")
 def model() -> TrainedGenerator:
     frame = fixture_frame(600, seed=3)

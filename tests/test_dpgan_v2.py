@@ -40,11 +40,16 @@ def _keys(obj: object) -> set[str]:
 class _Recorder:
     def __init__(self) -> None:
         self.fields: list[dict] = []
+        self.tasks: list[tuple[str, int | None]] = []
+        self.done: dict[str, int] = {}
 
-    def start(self, *a: object, **k: object) -> None: ...
+    def start(self, task: str, total: int | None = None) -> None:
+        self.tasks.append((task, total))
+        self.done[task] = 0
 
     def update(self, n: int = 1, **fields: object) -> None:
         self.fields.append(dict(fields))
+        self.done[self.tasks[-1][0]] += n
 
     def finish(self) -> None: ...
 
@@ -56,7 +61,10 @@ def test_manifest_and_progress_hold_no_loss_of_real_rows(frame: pd.DataFrame, tm
     m.save(tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     keys = _keys(manifest) | {k for f in rec.fields for k in f}
-    assert rec.fields and all("g_loss" in f for f in rec.fields)  # a generator-side loss is reported
+    # the marginal pre-training, then the epochs; each reports its steps in full and a generator-side loss
+    assert [t for t, _ in rec.tasks] == ["fitting the DP tables", "training DP-GAN"]
+    assert all(rec.done[t] == total for t, total in rec.tasks)
+    assert rec.fields and all(set(f) in ({"marginal_l1"}, {"g_loss", "epsilon"}) for f in rec.fields)
     assert not keys & set(REAL_ROW_KEYS), keys & set(REAL_ROW_KEYS)
     assert all(set(h) <= {"epoch", "g_loss", "marginal_l1", "epsilon_dp_sgd"} for h in manifest["history"])
     assert "os.urandom" in manifest["privacy"]["randomness"]

@@ -172,13 +172,15 @@ def file_url(workspace_root: Path, path: str | Path) -> str | None:
 # ---- progress from tools to the page -------------------------------------------------------------
 # What a long task is, in the clinician's words (progress task name -> label, unit of one step).
 TASK_WORDS: dict[str, tuple[str, str]] = {
+    "fitting the dp tables": ("Fitting the generator to the privately measured summaries of the real records", "step"),
     "training dp-gan": ("Learning the patterns of the real records under differential privacy", "pass over the records"),
     "indexing knowledge": ("Preparing the knowledge base (guidelines and data-source documents)", "passage"),
     "indexing lineage": ("Recording where this data set came from", "passage"),
 }
 
 
-TRAINING_TASKS = {"training dp-gan"}
+# Both start after the source's privacy charge was made (the DP tables are measured before either).
+TRAINING_TASKS = {"fitting the dp tables", "training dp-gan"}
 # What happens after a long task, so the page does not sit on "done" with nothing said.
 AFTER_TASK = {
     "training dp-gan": "Training finished; checking quality, then sampling the synthetic patients and writing the files…",

@@ -103,6 +103,15 @@ class SourceSchema(BaseModel):
     # measures their table with the cohort label more precisely (a larger share of the budget), because a
     # cohort's make-up is what a reader checks first.
     demographics: list[str] = Field(default_factory=list)
+    # Measurements that define the source's cohort label (HbA1c for the ADA diabetes definition): public
+    # metadata. Their table with the label gets the demographics' larger share too: after a cohort's
+    # make-up, its defining measurement is what a clinician checks first, and its tail (poorly controlled
+    # diabetes) is thin enough for the privacy noise to erase at an ordinary share.
+    key_measures: list[str] = Field(default_factory=list)
+
+    def precise_columns(self) -> set[str]:
+        """Columns whose table with the cohort label gets the larger budget share: demographics and key measures."""
+        return set(self.demographics) | set(self.key_measures)
 
     @model_validator(mode="after")
     def _check(self) -> "SourceSchema":
@@ -114,9 +123,10 @@ class SourceSchema(BaseModel):
             for c in [label, *cols]:
                 if c not in self.column_map():
                     raise ValueError(f"label_leakage names '{c}', which is not a column of the source")
-        for c in self.demographics:
-            if c not in self.column_map():
-                raise ValueError(f"demographics names '{c}', which is not a column of the source")
+        for field_name in ("demographics", "key_measures"):
+            for c in getattr(self, field_name):
+                if c not in self.column_map():
+                    raise ValueError(f"{field_name} names '{c}', which is not a column of the source")
         for c in self.condition_columns:
             col = self.column_map().get(c)
             if col is None:

@@ -63,10 +63,10 @@ class Calibrator:
         for col, g in (groups or {}).items():
             self.coder.groups[col] = np.asarray(g, dtype=int)
         usable = [t for t in tables if t.probs.sum() > 0 and all(self._known(c) for c in t.cols)]
-        demo = set(getattr(enc.schema, "demographics", []) or [])
+        demo = enc.schema.precise_columns()
         # Raking order = trust order: the table fitted last in a sweep holds exactly at its end, so the
         # selected pairs go first, the column x label tables after them and the tables the source declares
-        # demographic (4 budget shares each, the make-up a reader checks first) last. In the order of
+        # demographic or key measures (4 budget shares each, what a reader checks first) last. In the order of
         # measurement, a diabetes cohort's mean age ended 2 years off its own age x diabetes table (the
         # pairs fitted after it pulled it back towards the generator's); in this order it ends on it.
         self.tables = sorted(usable, key=lambda t: self._trust(t, demo))

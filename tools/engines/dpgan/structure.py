@@ -29,7 +29,7 @@ Documented, data-independent rules (n = public row count, d = number of columns,
   fine bins    F = 4 * B
   rounds       T = min(#candidate pairs, d)    (candidate: a pair of <= max(64, n * eps / 20) cells)
   rho split    50 % mandatory tables (equal shares, except DEMOGRAPHIC_WEIGHT = 4 shares for each column the
-               source declares demographic, LABEL_WEIGHT = 4 for the label's own table; a numeric column's
+               source declares demographic or a key measure, LABEL_WEIGHT = 4 for the label's own table; a numeric column's
                share is split POOLED_SHARE = 1/3 to its pooled fine table, 2/3 to its coarse x label table),
                50 % selected pairs: per round 10 % selection, 90 % measurement (AIM's measure_split);
                no pairs: all to the mandatory tables.
@@ -65,6 +65,7 @@ from synthehr.tools.engines.dpgan.privacy import (gaussian_rho, noisy_max_rho, n
 MAX_JOINT_CELLS = 100_000
 # A demographic column's table with the label (declared in the source schema) gets this many times the
 # share of an ordinary column's: a cohort's age, sex and race/ethnicity make-up is what readers check first.
+# So does a declared key measure (the label's defining measurement, e.g. HbA1c): see SourceSchema.key_measures.
 DEMOGRAPHIC_WEIGHT = 4.0
 # The label's own 1-way table (the cohort sizes): same weight. Without it the label margin is the sum of
 # many noisy cells of every column x label table, whose noise grows with the number of cells.
@@ -99,7 +100,7 @@ def mandatory_weights(schema: Any, conditions: list[str], generated: list[str],
     label = conds[0] if conds else None
     if not label:
         return [((c,), ("fine",), 1.0) for c in generated]
-    demo = set(getattr(schema, "demographics", []) or [])
+    demo = schema.precise_columns()
     numeric = numeric or set()
     out: list[tuple[tuple, tuple, float]] = [((label,), ("cond",), LABEL_WEIGHT)]
     for c in conds[1:] + list(generated):

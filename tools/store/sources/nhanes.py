@@ -115,6 +115,7 @@ SCHEMA = SourceSchema(
     columns=COLUMNS,
     condition_columns=["diabetes", "sex", "race_ethnicity", "insulin_now", "smoking_status"],
     demographics=["age_years", "sex", "race_ethnicity"],
+    key_measures=["hba1c_pct"],  # defines the diabetes label (ADA: HbA1c >= 6.5 % or a diagnosis)
     label_leakage={
         # ADA definition (diagnosis or HbA1c >= 6.5%) and what only people with a diagnosis have.
         "diabetes": ["diabetes_diagnosed", "hba1c_pct", "diabetes_age_at_diagnosis", "diabetes_duration_years",
