@@ -576,6 +576,18 @@ def test_progress_is_in_words_with_a_time_estimate_and_no_losses() -> None:
     assert eta_words(42) == "about 40 s left" and eta_words(200) == "about 3 min left"
 
 
+def test_a_stop_during_the_marginal_pre_training_counts_as_after_the_charge() -> None:
+    from synthehr.agent.web.app import TurnCancelled, TurnControl
+
+    ctl = TurnControl("s")
+    ctl.cancel("stop")
+    got: list[dict[str, Any]] = []
+    p = WebProgress(got.append, min_interval=0, control=ctl)
+    with pytest.raises(TurnCancelled):
+        p.start("fitting the DP tables", total=1000)  # the DP tables were measured (and charged) before this
+    assert ctl.training_started is True
+
+
 # ---- the knowledge index at server start -----------------------------------------------------------
 class FakeIndex:
     """Stands in for the Chroma index: build() reports progress like the real one."""
