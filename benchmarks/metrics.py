@@ -310,6 +310,16 @@ def structure_metrics(synth: pd.DataFrame, real: pd.DataFrame, spec: Sequence[di
             "cohort_max_mean_diff_sd": cohort.get("max_abs_mean_diff_sd")}
 
 
+def real_reversed(train: pd.DataFrame, holdout: pd.DataFrame, spec: Sequence[dict[str, Any]], label: str) -> list[str]:
+    """The holdout's top-5 predictors whose sign the REAL training split already reverses: the same check as a
+    synthetic sample's `reversed_predictors`, with the training rows in its place. A synthesizer sees only the
+    training split, so these reversals are the real data's own (collinear partial effects fitted on ~100-900
+    rows), not the synthesizer's; the report names them apart."""
+    from synthehr.tools.engines import fidelity as fm
+
+    return list(fm.predictor_signs(holdout, train, spec, label)["reversed"])
+
+
 def trtr(train: pd.DataFrame, holdout: pd.DataFrame, spec: Sequence[dict[str, Any]], label: str, *, seed: int = 0) -> dict[str, Any]:
     """The real-data reference: classifiers trained on the real train split, tested on the holdout."""
     return auroc_scores(train, holdout, spec, label, seed=seed)

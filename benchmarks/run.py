@@ -400,7 +400,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 peer_bs = max(10, min(args.batch_size, (n_train // 2) // 10 * 10))
                 tr = metrics.trtr(train, holdout, spec, ds.label, seed=seed)
                 trtr_records.append({"dataset": ds.name, "seed": seed, "train_rows": n_train, "holdout_rows": len(holdout),
-                                     "trtr_lr": tr["lr"], "trtr_gb": tr["gb"], "trtr_mean": tr["mean"]})
+                                     "trtr_lr": tr["lr"], "trtr_gb": tr["gb"], "trtr_mean": tr["mean"],
+                                     "real_reversed": metrics.real_reversed(train, holdout, spec, ds.label)})
                 train_csv = work / f"{ds.name}-s{seed}-train.csv"
                 bdata.to_csv_frame(train, ds.schema).to_csv(train_csv, index=False)
                 pending: list[tuple[dict[str, Any], pd.DataFrame | None]] = []
@@ -628,6 +629,8 @@ def _median(vals: list[Any]) -> float | None:
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """Medians over seeds per (data set, method, target epsilon), TRTR medians and the team targets."""
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    # per (data set, seed): the predictors the real training split itself reverses (metrics.real_reversed)
+    own = {(t["dataset"], t["seed"]): set(t["real_reversed"]) for t in result["trtr"] if "real_reversed" in t}
     for r in result["runs"]:
         groups.setdefault((r["dataset"], r["method"], r["target_epsilon"]), []).append(r)
     rows = []
@@ -642,6 +645,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         pt = [r.get("pairs_tvd_mean") for r in ok if r.get("pairs_tvd_mean") is not None]
         row["pairs_tvd_mean_worst"] = max(pt) if pt else None
         row["reversed_predictors"] = sorted({p for r in ok for p in (r.get("reversed_predictors") or [])})
+        if own:
+            row["reversed_beyond_real"] = sorted({p for r in ok for p in (r.get("reversed_predictors") or [])
+                                                  if p not in own.get((ds, r["seed"]), set())})
+            row["reversed_by_real_too"] = sorted(set(row["reversed_predictors"]) - set(row["reversed_beyond_real"]))
         reps = [r["reported_epsilon"] for r in ok if r.get("reported_epsilon") is not None]
         row["reported_epsilon_max"] = max(reps) if reps else None
         row["overshoot_runs"] = sum(1 for r in rs if r.get("overshoot"))
@@ -678,12 +685,26 @@ def issue11_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rev = sorted({p for r in mine for p in (r.get("reversed_predictors") or [])})
             out.append({"target": f"{ds}: no reversed top-5 predictor at eps >= 1", "value": len(rev), "threshold": 0,
                         "detail": ", ".join(rev) or "none", "pass": not rev})
+            if all("reversed_beyond_real" in r for r in mine):
+                beyond = sorted({p for r in mine for p in r["reversed_beyond_real"]})
+                also = sorted(set(rev) - set(beyond))
+                out.append({"target": f"{ds}: no reversed top-5 predictor at eps >= 1 beyond those the real training "
+                                      "split itself reverses", "value": len(beyond), "threshold": 0,
+                            "detail": (", ".join(beyond) or "none") + (f" (reversed by the real training split too: "
+                                                                        f"{', '.join(also)})" if also else ""),
+                            "pass": not beyond})
         s1, a1 = _row(rows, ds, "synthehr", 1.0), _row(rows, ds, "aim", 1.0)
         if s1 and a1 and s1.get("pairs_tvd_mean") is not None and a1.get("pairs_tvd_mean") is not None:
             out.append({"target": f"{ds}: all-pairs 2-way TVD at eps=1 <= AIM's", "value": s1["pairs_tvd_mean"],
                         "threshold": a1["pairs_tvd_mean"], "detail": "median over seeds, vs the real holdout",
                         "pass": s1["pairs_tvd_mean"] <= a1["pairs_tvd_mean"]})
     return out
+
+
+def _reversed_words(r: dict[str, Any]) -> str:
+    """Reversed predictors (any seed); those the real training split reverses too are marked with *."""
+    also = set(r.get("reversed_by_real_too") or [])
+    return ", ".join(p + ("*" if p in also else "") for p in (r.get("reversed_predictors") or [])) or "none"
 
 
 def _row(rows: list[dict[str, Any]], ds: str, method: str, eps: float) -> dict[str, Any] | None:
@@ -861,14 +882,15 @@ def render_markdown(result: dict[str, Any]) -> str:
             )
         lines += ["", "Structure (issue 11; vs the real holdout; medians over seeds, worst seed in brackets):", "",
                   "| method | ε target | TSTR mean (worst seed) | all-pairs 2-way TVD mean (worst seed) | worst pair TVD | "
-                  "top-10 corr error | top-5 sign agreement | reversed predictors (any seed) | cohort max mean diff (SD) |",
+                  "top-10 corr error | top-5 sign agreement | reversed predictors (any seed; * the real training split reverses it too) | "
+                  "cohort max mean diff (SD) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(
                 f"| {METHOD_LABELS.get(r['method'], r['method'])} | {_eps(r['target_epsilon'])} | {_f(r['tstr_mean'])} "
                 f"({_f(r.get('tstr_mean_worst'))}) | {_f(r.get('pairs_tvd_mean'))} ({_f(r.get('pairs_tvd_mean_worst'))}) | "
                 f"{_f(r.get('pairs_tvd_worst'))} | {_f(r.get('top10_corr_err'))} | {_f(r.get('sign_agreement'), 2)} | "
-                f"{', '.join(r.get('reversed_predictors') or []) or 'none'} | {_f(r.get('cohort_max_mean_diff_sd'), 2)} |")
+                f"{_reversed_words(r)} | {_f(r.get('cohort_max_mean_diff_sd'), 2)} |")
         aim_rows = [r for r in rows if r["method"] == "aim" and r.get("aim_rounds_run") is not None]
         if aim_rows:
             lines += ["", "AIM rounds run / selected cliques containing the label (medians over seeds): " + "; ".join(

@@ -285,6 +285,37 @@ def test_issue11_targets_compare_synthehr_with_the_peers_on_every_data_set() -> 
     assert not targets["b: all-pairs 2-way TVD at eps=1 <= AIM's"]["pass"]
     assert targets["b: no reversed top-5 predictor at eps >= 1"]["detail"] == "bmi"
     assert "a: TSTR AUROC at eps=3 >= best DP peer" not in targets  # no eps=3 rows
+    # A reversal the real training split shows too (metrics.real_reversed) is named apart, per seed.
+    ref = {"train_rows": 80, "holdout_rows": 20, "trtr_lr": 0.8, "trtr_gb": 0.8, "trtr_mean": 0.8}
+    for own_b in (["bmi"], []):
+        trtr = [{**ref, "dataset": ds, "seed": seed, "real_reversed": own_b if ds == "b" and seed == 0 else []}
+                for ds in ("a", "b") for seed in (0, 1)]
+        summary = brun.summarise({"runs": runs, "trtr": trtr, "solo_throughput": None})
+        beyond = {t["target"]: t for t in summary["targets"]}[
+            "b: no reversed top-5 predictor at eps >= 1 beyond those the real training split itself reverses"]
+        assert beyond["detail"] == "bmi" and not beyond["pass"]  # seed 1 reverses bmi where the real split does not
+    both = [{**ref, "dataset": ds, "seed": seed, "real_reversed": ["bmi"]} for ds in ("a", "b") for seed in (0, 1)]
+    summary = brun.summarise({"runs": runs, "trtr": both, "solo_throughput": None})
+    beyond = {t["target"]: t for t in summary["targets"]}[
+        "b: no reversed top-5 predictor at eps >= 1 beyond those the real training split itself reverses"]
+    assert beyond["pass"] and beyond["detail"] == "none (reversed by the real training split too: bmi)"
+    row = next(r for r in summary["rows"] if r["dataset"] == "b" and r["method"] == "synthehr")
+    assert brun._reversed_words(row) == "bmi*"
+
+
+def test_real_reversed_names_a_sign_the_real_training_split_flips() -> None:
+    rng = np.random.default_rng(0)
+    spec = [{"name": c, "type": "continuous", "lower": -9, "upper": 9, "categories": None} for c in ("x", "z")]
+    spec.append({"name": "y", "type": "binary", "lower": None, "upper": None, "categories": None})
+
+    def frame(n: int, sign: float) -> pd.DataFrame:
+        x, z = rng.normal(0, 1, n), rng.normal(0, 1, n)
+        y = (rng.random(n) < 1 / (1 + np.exp(-(sign * 2 * x + z)))).astype(int)
+        return pd.DataFrame({"x": x, "z": z, "y": y})
+
+    holdout = frame(2000, 1.0)
+    assert metrics.real_reversed(frame(2000, 1.0), holdout, spec, "y") == []
+    assert metrics.real_reversed(frame(2000, -1.0), holdout, spec, "y") == ["x"]
 
 
 def test_synthehr_is_benchmarked_at_the_share_of_epsilon_users_get(monkeypatch: pytest.MonkeyPatch) -> None:
