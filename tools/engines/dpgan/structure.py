@@ -27,7 +27,7 @@ the empty tails of a wide public range; the generator's fine softmax maps onto b
 Documented, data-independent rules (n = public row count, d = number of columns, eps = target):
   coarse bins  B = clip(round((n * eps) ** (1/3) / 2), 3, 8)
   fine bins    F = 4 * B
-  rounds       T = min(#candidate pairs, d)    (candidate: a pair of <= max(64, n * eps / 20) cells)
+  rounds       T = min(#candidate pairs, 2d)   (candidate: a pair of <= max(64, n * eps / 20) cells)
   rho split    50 % mandatory tables (equal shares, except DEMOGRAPHIC_WEIGHT = 4 shares for each column the
                source declares demographic or a key measure, LABEL_WEIGHT = 4 for the label's own table; a numeric column's
                share is split POOLED_SHARE = 1/3 to its pooled fine table, 2/3 to its coarse x label table),
@@ -256,7 +256,7 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
         res = tuple("cond" if c in conds else "coarse" for c in (a, b))
         if coder.size(a, res[0]) * coder.size(b, res[1]) <= max_pair_cells(int(n_public), epsilon):
             candidates.append(((a, b), res))
-    rounds = min(len(candidates), len(all_cols))
+    rounds = min(len(candidates), 2 * len(all_cols))
     st.rounds = rounds
     rho_mand = 0.5 * rho if rounds else rho
     rho_sel = rho - rho_mand
