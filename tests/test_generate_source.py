@@ -29,6 +29,8 @@ def test_generate_from_a_user_source_with_where_model_and_seed(tmp_path) -> None
                                   "diabetes_diagnosed", "diabetes", "smoking_status"}
     a1c = frame["hba1c_pct"].dropna()
     assert ((a1c * 10).round(6) % 1 == 0).all()  # declared precision 0.1
+    as_text = pd.read_csv(out["files"]["csv"], dtype=str)
+    assert set(as_text["diabetes_diagnosed"].dropna()) <= {"0", "1"}  # a 0/1 column, not 1.0 / 0.0
     # the same model and seed give the same records; no new training, no new charge
     r2 = run(["generate", "--source", "fixture-clinic", "-n", "60", "--where", "sex=female", "--seed", "3",
               "--model", out["model_id"], "--json"], tmp_path, env=FAST)
@@ -41,3 +43,13 @@ def test_generate_from_a_user_source_with_where_model_and_seed(tmp_path) -> None
     assert r3.returncode == 2 and out["model_id"] in r3.stderr and "Traceback" not in r3.stderr
     r4 = run(["generate", "--source", "fixture-clinic", "--where", "colour=blue", "--json"], tmp_path, env=FAST)
     assert r4.returncode == 2 and "age_years" in r4.stderr
+
+
+def test_file_frame_writes_zero_one_columns_with_missing_values_as_integers() -> None:
+    from tests._dpgan_fixture import FIXTURE_SCHEMA
+    from synthehr.tools.generate_cohort import file_frame
+
+    frame = pd.DataFrame({"diabetes_diagnosed": [1.0, None, 0.0], "diabetes": [1, 0, 1], "hba1c_pct": [6.1, 7.0, None]})
+    out = file_frame(frame, FIXTURE_SCHEMA)
+    assert out.to_csv(index=False).splitlines() == ["diabetes_diagnosed,diabetes,hba1c_pct", "1,1,6.1", ",0,7.0", "0,1,"]
+    assert frame["diabetes_diagnosed"].dtype == float  # the caller's frame is left as it was

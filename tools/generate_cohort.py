@@ -624,6 +624,18 @@ def format_stats(stats: dict[str, float]) -> str:
     return ", ".join(f"{names[k][0]} {v:g}{names[k][1]}" for k, v in stats.items() if k in names) or "n/a"
 
 
+def file_frame(frame: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
+    """The records as written to the files: a 0/1 column with missing values is a nullable integer, so the
+    CSV says 1 / 0 / empty rather than 1.0 / 0.0 (a float column is what pandas makes of 0/1 plus missing)."""
+    out = frame.copy()
+    for c in schema.columns:
+        if c.type is ColumnType.binary and c.name in out:
+            v = pd.to_numeric(out[c.name], errors="coerce")
+            if v.notna().any() and v.dropna().isin([0, 1]).all() and v.notna().sum() == out[c.name].notna().sum():
+                out[c.name] = v.round().astype("Int64")
+    return out
+
+
 def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model: Any, profile: Any,
                   schema: SourceSchema, source: str, frame: pd.DataFrame, seed: int, plan: dict, filters: list,
                   proportions: Any, chosen: list[dict], missing: list[dict],
@@ -637,9 +649,10 @@ def write_dataset(deps: Deps, dataset_id: str, run_id: str, model_id: str, model
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        csv_bytes = frame.to_csv(index=False).encode("utf-8")
+        files = file_frame(frame, schema)
+        csv_bytes = files.to_csv(index=False).encode("utf-8")
         (tmp / "data.csv").write_bytes(csv_bytes)
-        frame.to_parquet(tmp / "data.parquet", index=False)
+        files.to_parquet(tmp / "data.parquet", index=False)
         meta = schema.meta
         versions = library_versions()
         shared_facts = card_privacy_facts(deps, source, model_id, model, frame, plan["fixed"], proportions)
