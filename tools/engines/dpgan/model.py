@@ -283,7 +283,7 @@ class TrainedGenerator:
         numeric: dict[str, list] = {}
         missing: dict[str, list] = {}
         discrete: dict[str, list] = {}
-        with torch.no_grad(), _threads(sampling_threads()):
+        with torch.no_grad(), torch_threads(sampling_threads()):
             for i in range(0, n, chunk):
                 cc = cond_codes[i : i + chunk]
                 c = torch.from_numpy(enc.codes_to_onehot(cc))
@@ -435,8 +435,8 @@ def sampling_threads() -> int:
     return max(1, min(SAMPLING_THREADS, os.cpu_count() or 1))
 
 
-class _threads:
-    """Run torch single-threaded (small networks are fastest so, and the host is shared)."""
+class torch_threads:
+    """Run a block with torch on `n` threads, then restore the previous count."""
 
     def __init__(self, n: int):
         self.n = n

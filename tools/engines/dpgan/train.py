@@ -34,8 +34,8 @@ by at most max_grad_norm.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import time
 import warnings
 from typing import Any
@@ -46,7 +46,7 @@ import pandas as pd
 from synthehr.progress import NullProgress, Progress
 from synthehr.configs.settings import TrainingSettings
 from synthehr.tools.engines.dpgan.encoding import TableEncoder
-from synthehr.tools.engines.dpgan.model import TrainedGenerator
+from synthehr.tools.engines.dpgan.model import TrainedGenerator, sampling_threads, torch_threads
 from synthehr.tools.engines.dpgan.privacy import (rho_for_epsilon, secure_torch_generator, split_budget,
                                                   zcdp_to_epsilon)
 from synthehr.tools.store.schema import SourceSchema
@@ -55,8 +55,6 @@ from synthehr.tools.store.schema import SourceSchema
 # adversarial phase, times settings.marginal_weight. A fixed constant, not tuned per data set.
 GEM_WEIGHT = 5.0
 PRETRAIN_LR = 1e-3
-# Threads for the marginal pre-training (at most the machine's cores); see _train_once.
-PRETRAIN_THREADS = 2
 
 
 class PrivacyOverrun(RuntimeError):
@@ -375,11 +373,10 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
             total_pre = int(settings.marginal_pretrain_steps)
             progress.start("fitting the DP tables", total=total_pre)
             # Batches of 1,024 records: unlike the DP-SGD steps, these matrix products gain from a second
-            # thread (NHANES, 2 cores: 21 s -> 14 s); settings.threads = 0 leaves torch's own choice.
-            threads_before = torch.get_num_threads()
-            if settings.threads:
-                torch.set_num_threads(max(settings.threads, min(PRETRAIN_THREADS, os.cpu_count() or 1)))
-            try:
+            # thread (NHANES, 2 cores: 21 s -> 14 s), as sampling's do; settings.threads = 0 leaves torch's choice.
+            reported = 0
+            with (torch_threads(max(settings.threads, sampling_threads())) if settings.threads
+                  else contextlib.nullcontext()):
                 for step in range(1, total_pre + 1):
                     opt_pre.zero_grad(set_to_none=True)
                     _, fc, raw = fake_batch(1024, raw_only=True)
@@ -388,9 +385,8 @@ def _train_once(x_np: np.ndarray, c_np: np.ndarray, enc: TableEncoder, hist: np.
                     opt_pre.step()
                     pre_losses.append(float(loss.detach()))
                     if step % 50 == 0 or step == total_pre:
-                        progress.update(step - (step - 1) // 50 * 50, marginal_l1=pre_losses[-1])
-            finally:
-                torch.set_num_threads(threads_before)
+                        progress.update(step - reported, marginal_l1=pre_losses[-1])
+                        reported = step
             progress.finish()
         t_pre = time.perf_counter() - t_pre
         steps = 0
