@@ -359,31 +359,69 @@ def derive_fine(pooled: np.ndarray, coarse_by_label: np.ndarray, groups: np.ndar
     group's records in the coarse x label table (`coarse_by_label`, cell noise std `noise`) exceed the
     smoothed noisy pooled counts `raw` of the bins the mask kept in that group by more than twice the
     noise of the group's row, the excess goes to the group's cut bins nearest the kept ones, as many as
-    their (positive) smoothed counts need to hold it, in proportion to those counts."""
+    their fitted counts need to hold it, in proportion to those counts. The fit (`_tail_weights`) makes
+    the cut bins on each side of the kept ones non-increasing going outward (a least-squares monotone fit
+    of the unclipped noisy counts): a clinical column's tail thins out, while the clipped noise of empty
+    bins far out had drawn the excess into islands (a diabetes cohort with 5.8 % of its systolic pressures
+    at 220-247 mmHg). Paired no-training simulation (NHANES, ε = 1, 30 structure draws, the same noisy
+    inputs both ways): mass beyond the real 0.5-99.5 percentiles 1.2 % -> 0.7 % (worst column and draw
+    21 % -> 16 %), the diabetic means' RMS error 0.235 -> 0.206 SD, diabetes duration's 0.46 -> 0.28 SD."""
     fine = len(groups)
     extra = pooled.shape[0] - fine
     gg = np.concatenate([np.asarray(groups, dtype=int), coarse + np.arange(extra)])
     pooled = np.asarray(pooled, dtype=float).copy()
     if raw is not None:
-        raw = np.clip(np.asarray(raw, dtype=float), 0, None)
+        raw = np.asarray(raw, dtype=float)
         rows = coarse_by_label.sum(axis=1)
         thr = 2.0 * float(noise) * math.sqrt(coarse_by_label.shape[1])
         for g in range(min(coarse, coarse_by_label.shape[0])):
             in_g = np.flatnonzero(gg[:fine] == g)
             kept = in_g[pooled[in_g] > 0]
             zeroed = in_g[pooled[in_g] <= 0]
-            deficit = float(rows[g] - raw[kept].sum())
+            deficit = float(rows[g] - np.clip(raw[kept], 0, None).sum())
             if deficit <= thr or not len(zeroed) or not len(kept):
                 continue
-            # nearest cut bins first, until their smoothed counts hold the deficit
-            order = zeroed[np.argsort(np.abs(zeroed[:, None] - kept[None, :]).min(axis=1), kind="stable")]
-            take = int(np.searchsorted(np.cumsum(raw[order]), deficit)) + 1
-            use = order[:take]
-            w = raw[use] / raw[use].sum() if raw[use].sum() > 0 else np.full(len(use), 1.0 / len(use))
-            pooled[use] += deficit * w
+            # nearest cut bins first, until their fitted counts hold the deficit
+            fit = _tail_weights(raw, zeroed, kept)
+            order = np.argsort(np.abs(zeroed[:, None] - kept[None, :]).min(axis=1), kind="stable")
+            use = order[: int(np.searchsorted(np.cumsum(fit[order]), deficit)) + 1]
+            if fit[use].sum() > 0:
+                pooled[zeroed[use]] += deficit * fit[use] / fit[use].sum()
+            else:
+                pooled[zeroed[order[0]]] += deficit
     gs = np.bincount(gg, weights=pooled, minlength=coarse_by_label.shape[0])
     within = np.where(gs[gg] > 0, pooled / np.maximum(gs[gg], 1e-300), 0.0)
     return within[:, None] * coarse_by_label[gg, :]
+
+
+def _decreasing_fit(y: np.ndarray) -> np.ndarray:
+    """The least-squares non-increasing sequence closest to y (pool adjacent violators)."""
+    vals: list[float] = []
+    wts: list[int] = []
+    for v in np.asarray(y, dtype=float):
+        vals.append(float(v))
+        wts.append(1)
+        while len(vals) > 1 and vals[-2] < vals[-1]:
+            w = wts[-2] + wts[-1]
+            vals[-2:] = [(vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w]
+            wts[-2:] = [w]
+    return np.repeat(vals, wts)
+
+
+def _tail_weights(raw: np.ndarray, zeroed: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Counts for a group's cut bins (`zeroed`, ascending) from the unclipped noisy counts `raw`: the
+    bins below the kept ones and those above each get a non-increasing fit going away from the kept
+    bins, clipped at 0; cut bins between kept ones keep their clipped count."""
+    out = np.zeros(len(zeroed))
+    lo, hi = int(kept.min()), int(kept.max())
+    left = np.flatnonzero(zeroed < lo)[::-1]
+    right = np.flatnonzero(zeroed > hi)
+    inner = np.flatnonzero((zeroed > lo) & (zeroed < hi))
+    for side in (left, right):
+        if len(side):
+            out[side] = np.clip(_decreasing_fit(raw[zeroed[side]]), 0, None)
+    out[inner] = np.clip(raw[zeroed[inner]], 0, None)
+    return out
 
 
 def _margin(t: Table, axis: int) -> np.ndarray:
