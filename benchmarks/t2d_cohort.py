@@ -6,7 +6,8 @@ Trains the engine on all NHANES 2017-2018 adults (public data; n_public = the pu
 at the given epsilon with the default settings, samples 2,000 records with diabetes fixed to 1 and
 prints the issue's table (real vs synthetic) per seed, plus pass/fail against the targets:
 age mean within 3 y, race/ethnicity TVD <= 0.10, BMI within 1.5, HbA1c within 0.3,
-corr(BMI, waist) >= 0.75, men 10-18 cm taller than women.
+corr(BMI, waist) >= 0.75, men 10-18 cm taller than women; and per numeric column the share of synthetic
+values outside the real cohort's [min, max] (far-range tails).
 """
 
 from __future__ import annotations
@@ -44,7 +45,26 @@ def cohort_table(df: pd.DataFrame) -> dict[str, float]:
         "height_women": float(h[sex == "female"].mean()), "height_men": float(h[sex == "male"].mean()),
         "hba1c_insulin_users": float(a1c[dx & ins].mean()), "hba1c_untreated": float(a1c[untreated].mean()),
         "duration_missing_among_dx": float(num("diabetes_duration_years")[dx].isna().mean()),
+        "duration_mean": float(num("diabetes_duration_years").mean()),
+        "sbp_p99": float(num("sbp_mmhg").quantile(0.99)),
     }
+
+
+NUMERIC = ("age_years", "height_cm", "weight_kg", "bmi_kg_m2", "waist_cm", "sbp_mmhg", "dbp_mmhg", "pulse_bpm",
+           "hba1c_pct", "total_chol_mg_dl", "hdl_mg_dl", "non_hdl_chol_mg_dl", "diabetes_age_at_diagnosis",
+           "diabetes_duration_years")
+
+
+def beyond_real_range(real: pd.DataFrame, syn: pd.DataFrame) -> dict[str, float]:
+    """Per numeric column, the share of synthetic values outside the real cohort's own [min, max] (a
+    value no real member of the cohort has: a clinician's first check of a synthetic table's tails)."""
+    out = {}
+    for c in NUMERIC:
+        r = pd.to_numeric(real[c], errors="coerce").dropna()
+        s = pd.to_numeric(syn[c], errors="coerce").dropna()
+        if len(r) and len(s):
+            out[c] = float(((s < r.min()) | (s > r.max())).mean())
+    return out
 
 
 def race_tvd(a: dict, b: dict) -> float:
@@ -76,10 +96,13 @@ def run(epsilon: float, seed: int, epochs: int | None = None) -> dict:
                         n_public=nhanes.META.n_public or len(frame))
     train_s = time.perf_counter() - t0
     syn = model.sample(2000, seed=seed, fixed={"diabetes": 1})
-    real = cohort_table(frame[pd.to_numeric(frame["diabetes"], errors="coerce") == 1])
+    real_rows = frame[pd.to_numeric(frame["diabetes"], errors="coerce") == 1]
+    real = cohort_table(real_rows)
     s = cohort_table(syn)
+    beyond = beyond_real_range(real_rows, syn)
     return {"epsilon": epsilon, "seed": seed, "epsilon_spent": model.epsilon, "train_seconds": round(train_s, 1),
-            "real": real, "synthetic": s, "race_tvd": race_tvd(real, s), "targets": targets(real, s)}
+            "real": real, "synthetic": s, "race_tvd": race_tvd(real, s), "targets": targets(real, s),
+            "beyond_real_range": beyond}
 
 
 def main() -> None:
@@ -95,6 +118,8 @@ def main() -> None:
         for k in r["real"]:
             print(f"  {k:28s} real {r['real'][k]:8.3f}   synthetic {r['synthetic'][k]:8.3f}")
         print("  targets:", r["targets"])
+        worst = sorted(r["beyond_real_range"].items(), key=lambda kv: -kv[1])[:3]
+        print("  share beyond the real cohort's range (worst 3):", ", ".join(f"{k} {v:.1%}" for k, v in worst))
     if a.json:
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1)

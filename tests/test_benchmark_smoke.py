@@ -359,3 +359,16 @@ def test_pair_table_simulation_runs_and_is_exact_without_noise(capsys: pytest.Ca
     assert {line.split()[1] for line in rows} == {"norm-sub", "copula"}
     for line in rows:  # without noise both post-processings return the true table
         assert " TVD 0.000 " in line and "|error| 0.000" in line, line
+
+
+def test_t2d_check_counts_synthetic_values_beyond_the_real_cohorts_range() -> None:
+    from benchmarks import t2d_cohort
+
+    rng = np.random.default_rng(0)
+    real = pd.DataFrame({c: rng.normal(100, 10, 200) for c in t2d_cohort.NUMERIC})
+    syn = real.sample(100, random_state=0).reset_index(drop=True)
+    assert max(t2d_cohort.beyond_real_range(real, syn).values()) == 0.0
+    syn.loc[:9, "sbp_mmhg"] = 500.0  # an island far above every real pressure
+    syn.loc[:4, "hba1c_pct"] = np.nan  # missing values are not counted
+    out = t2d_cohort.beyond_real_range(real, syn)
+    assert out["sbp_mmhg"] == pytest.approx(0.10) and out["hba1c_pct"] == 0.0

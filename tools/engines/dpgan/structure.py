@@ -77,6 +77,19 @@ POOLED_SHARE = 1.0 / 3.0
 SUPPORT_WINDOW = 5
 
 
+# Selection budget annealing (AIM); see measure_structure.
+ANNEAL = True
+# Share of the structure budget for the mandatory tables when pairs are selected (the rest: selection rounds).
+MANDATORY_SHARE = 0.5
+
+
+def selection_rounds(candidates: int, columns: int) -> int:
+    """Planned selection rounds: twice the number of columns (at most every candidate pair once). The
+    first round gets 1 / rounds of the selection budget; annealing (see measure_structure) may end the
+    selection in fewer rounds."""
+    return min(candidates, 2 * columns)
+
+
 def coarse_bins(n: int, epsilon: float) -> int:
     return int(np.clip(round((max(n, 1) * max(epsilon, 1e-9)) ** (1.0 / 3.0) / 2.0), 3, 8))
 
@@ -256,9 +269,9 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
         res = tuple("cond" if c in conds else "coarse" for c in (a, b))
         if coder.size(a, res[0]) * coder.size(b, res[1]) <= max_pair_cells(int(n_public), epsilon):
             candidates.append(((a, b), res))
-    rounds = min(len(candidates), 2 * len(all_cols))
+    rounds = selection_rounds(len(candidates), len(all_cols))
     st.rounds = rounds
-    rho_mand = 0.5 * rho if rounds else rho
+    rho_mand = MANDATORY_SHARE * rho if rounds else rho
     rho_sel = rho - rho_mand
     total_w = sum(w for *_, w in plan)
 
@@ -310,24 +323,37 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
             coder.groups[t.cols[0]] = quantile_groups(m, F, B)
     st.groups = {k: [int(x) for x in v] for k, v in coder.groups.items()}
     if rounds:
+        # AIM's budget annealing (McKenna et al. 2022, Alg. 2): start at rho_sel / rounds per round; when a
+        # measurement barely moves the released estimate of its pair (by less than its own expected noise),
+        # the next rounds get 4x the budget (half the noise), so larger tables become worth measuring; the
+        # round that would leave less than two rounds' budget spends all of it. Every decision reads only
+        # released tables (post-processing); the total stays rho_sel (checked below).
         per_round = rho_sel / rounds
-        r_select, r_measure = 0.1 * per_round, 0.9 * per_round
-        scale = 1.0 / math.sqrt(2.0 * r_select)  # noisy max: rho = 1 / (2 scale^2) at sensitivity 1
-        sigma_m = 1.0 / math.sqrt(2.0 * r_measure)
+        used = 0.0
+        st.rounds = 0
         left = list(candidates)
         truths = {cr: _count([coder.codes(frame, c, z) for c, z in zip(*cr)], [coder.size(c, z) for c, z in zip(*cr)])
                   for cr in left}
-        for _ in range(rounds):
-            scores = []
-            for cr in left:
-                est = _estimate(st, coder, *cr)
-                true = truths[cr]
-                scores.append(float(np.abs(true - est).sum()) - math.sqrt(2 / math.pi) * sigma_m * true.size)
+        while left and rho_sel - used > 1e-9 * rho_sel and (ANNEAL or st.rounds < rounds):
+            if ANNEAL and rho_sel - used < 2.0 * per_round:
+                per_round = rho_sel - used
+            r_select, r_measure = 0.1 * per_round, 0.9 * per_round
+            scale = 1.0 / math.sqrt(2.0 * r_select)  # noisy max: rho = 1 / (2 scale^2) at sensitivity 1
+            sigma_m = 1.0 / math.sqrt(2.0 * r_measure)
+            ests = [_estimate(st, coder, *cr) for cr in left]
+            scores = [float(np.abs(truths[cr] - est).sum()) - math.sqrt(2 / math.pi) * sigma_m * est.size
+                      for cr, est in zip(left, ests)]
             pick = secure_noisy_max(np.asarray(scores), scale)
+            before = spent
             spent += noisy_max_rho(scale)
             cols, res = left.pop(pick)
             measure(cols, res, r_measure, "selected")
+            used += spent - before
+            st.rounds += 1
             _project(st, coder)
+            moved = float(np.abs(st.tables[-1].counts - ests[pick]).sum())
+            if ANNEAL and moved <= math.sqrt(2 / math.pi) * sigma_m * ests[pick].size:
+                per_round *= 4.0
     if spent > rho * (1 + 1e-9):
         raise RuntimeError(f"structure measurements spent rho {spent} > budget {rho}")
     st.rho = spent
