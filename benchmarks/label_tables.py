@@ -47,7 +47,7 @@ def derived_estimate(t: np.ndarray, f: int, b: int, sigma: float, rng: np.random
     coarse = np.zeros((int(gg.max()) + 1, t.shape[1]))
     np.add.at(coarse, gg, t)
     coarse = norm_sub(coarse + rng.normal(0.0, s2, coarse.shape))
-    return derive_fine(pooled, coarse, groups, b, raw=smooth_fine(noisy, 0, f), noise=s2)
+    return derive_fine(pooled, coarse, groups, b, raw=smooth_fine(noisy, 0, f, s1), noise=s2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,6 +194,38 @@ def test_support_mask_keeps_a_broad_thin_tail_and_drops_an_isolated_spike() -> N
     assert out[27, 1] == 0.0 and out[3:8, 0].sum() == 2000.0
 
 
+def test_a_sparse_noisy_margin_is_smoothed_wider_and_keeps_its_bulk() -> None:
+    """A column present for few records (age at diagnosis: ~26 records a bin against a noise std of 75)
+    gets a wider Gaussian kernel before the support rule; a well-measured one keeps [1, 2, 1]. Smoothing
+    keeps the total (edges fold back), and over noise draws the cleaned sparse margin is much closer to the truth."""
+    from synthehr.tools.engines.dpgan import structure as S
+
+    fine, sigma = 32, 75.0
+    bins = np.arange(fine)
+    sparse = np.append(830.0 * np.exp(-0.5 * ((bins - 19.0) / 5.4) ** 2) / (5.4 * np.sqrt(2 * np.pi)), 4700.0)
+    dense = np.append(sparse[:fine] * 7.0, 300.0)
+    assert len(S.smoothing_kernel(dense, 0, fine, sigma)) == 3
+    k = S.smoothing_kernel(sparse, 0, fine, sigma)
+    assert len(k) > 3 and (k**2).sum() < 0.375 / 3 and k.sum() == pytest.approx(1.0)  # noise std / sqrt(3)
+    assert S.smooth_fine(sparse, 0, fine, sigma)[:fine].sum() == pytest.approx(sparse[:fine].sum())
+    assert S.smooth_fine(sparse, 0, fine, sigma)[fine] == sparse[fine]  # the missing cell untouched
+    rng = np.random.default_rng(0)
+    truth = sparse[:fine] / sparse[:fine].sum()
+
+    def tvd(adaptive: bool) -> float:
+        S.ADAPTIVE_SMOOTHING = adaptive
+        try:
+            out = []
+            for _ in range(60):
+                est = S.norm_sub(S.clean_fine(sparse + rng.normal(0, sigma, sparse.shape), 0, fine, sigma))[:fine]
+                out.append(0.5 * np.abs(est / max(est.sum(), 1e-9) - truth).sum())
+            return float(np.mean(out))
+        finally:
+            S.ADAPTIVE_SMOOTHING = True
+
+    assert tvd(True) < 0.75 * tvd(False)  # measured: 0.31 vs 0.53
+
+
 def test_a_numeric_column_x_label_table_is_derived_from_its_pooled_margin_and_coarse_label_table(
         model: TrainedGenerator) -> None:
     """Numeric columns: measured as a pooled fine 1-way table plus a coarse x label table (both charged);

@@ -189,3 +189,31 @@ def test_fit_coupling_matches_the_released_pair_correlation() -> None:
     assert abs(cp["pairs"][0]["sampled_rho"] - 0.85) < 0.03
     assert cp == fit_coupling(Gen(), enc, np.ones(1), structure, seed=0, pool=20_000)  # deterministic
     assert fit_coupling(Gen(), enc, np.ones(1), {"bins_coarse": 4, "tables": []}, seed=0) is None
+
+
+def _structure(monkeypatch: pytest.MonkeyPatch, anneal: bool, rho: float = 0.05):
+    from tests._dpgan_fixture import FIXTURE_SCHEMA, fixture_frame
+    from synthehr.tools.engines.dpgan import structure as S
+    from synthehr.tools.engines.dpgan.encoding import TableEncoder
+
+    monkeypatch.setattr(S, "ANNEAL", anneal)
+    frame = fixture_frame(1500, seed=11)
+    enc = TableEncoder(FIXTURE_SCHEMA, ["diabetes", "sex"], 16)
+    st, _ = S.measure_structure(frame[[c.name for c in FIXTURE_SCHEMA.columns]], enc, rho=rho, n_public=1500,
+                                epsilon=1.0, fine=16)
+    planned = S.selection_rounds(10**6, len(FIXTURE_SCHEMA.columns))
+    return st, [t.sigma for t in st.tables if t.kind == "selected"], planned
+
+
+def test_pair_selection_anneals_its_budget_and_spends_exactly_what_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AIM's rule: a measurement that barely moves its pair's released estimate makes the next rounds 4x
+    richer (half the noise), so strong but large tables (two numeric columns) become worth measuring;
+    the last round spends the rest. The total never exceeds the budget."""
+    st, sig, planned = _structure(monkeypatch, anneal=True)
+    assert st.rho <= 0.05 * (1 + 1e-9) and st.rho == pytest.approx(0.05, rel=1e-6)
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(sig, sig[1:]))  # per-round budget only grows
+    assert sig[-1] < 0.5 * sig[0]  # it annealed at least once
+    fixed, fsig, _ = _structure(monkeypatch, anneal=False)
+    assert fixed.rounds == len(fsig) <= planned and np.allclose(fsig, fsig[0])  # equal rounds as planned
+    assert 0 < st.rounds == len(sig) < fixed.rounds  # fewer, richer rounds
+    assert fixed.rho == pytest.approx(0.05, rel=1e-6)
