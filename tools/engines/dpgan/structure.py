@@ -6,10 +6,11 @@ What is released (all inside one zCDP budget rho, converted to (epsilon_pre, del
     column is measured in two parts: its pooled 1-way table at fine bins (POOLED_SHARE of its share) and
     its table with the label at coarse bins (the rest); its fine x label table is derived from the two
     (`derive_fine`, post-processing);
-  * `rounds` extra pairs (any two columns, generated or conditioning), each picked by the
-    exponential mechanism (OpenDP noisy max) among the pairs not yet measured, with AIM's quality
-    score  ||M(D) - M(estimate)||_1 - sqrt(2/pi) * sigma * cells  (sensitivity 1: the estimate is
-    computed from earlier noisy releases only), then measured.
+  * extra pairs (any two columns, generated or conditioning), each picked by the exponential
+    mechanism (OpenDP noisy max) among the pairs not yet measured, with AIM's quality score
+    ||M(D) - M(estimate)||_1 - sqrt(2/pi) * sigma * cells  (sensitivity 1: the estimate is computed
+    from earlier noisy releases only), then measured; with AIM's budget annealing (a measurement that
+    barely moves its pair's estimate makes the next rounds 4x richer; the last round spends the rest).
 Every table is measured with OpenDP's exact discrete Gaussian (L2 sensitivity 1 under add/remove one
 record). Noise and selection draw from OpenDP's secure RNG; nothing here uses the user's seed.
 
@@ -27,11 +28,12 @@ the empty tails of a wide public range; the generator's fine softmax maps onto b
 Documented, data-independent rules (n = public row count, d = number of columns, eps = target):
   coarse bins  B = clip(round((n * eps) ** (1/3) / 2), 3, 8)
   fine bins    F = 4 * B
-  rounds       T = min(#candidate pairs, 2d)   (candidate: a pair of <= max(64, n * eps / 20) cells)
+  rounds       T = min(#candidate pairs, 2d) planned: the first round gets 1/T of the pairs' budget,
+               annealing may finish in fewer   (candidate: a pair of <= max(64, n * eps / 20) cells)
   rho split    50 % mandatory tables (equal shares, except DEMOGRAPHIC_WEIGHT = 4 shares for each column the
                source declares demographic or a key measure, LABEL_WEIGHT = 4 for the label's own table; a numeric column's
                share is split POOLED_SHARE = 1/3 to its pooled fine table, 2/3 to its coarse x label table),
-               50 % selected pairs: per round 10 % selection, 90 % measurement (AIM's measure_split);
+               50 % selected pairs (MANDATORY_SHARE): per round 10 % selection, 90 % measurement (AIM's);
                no pairs: all to the mandatory tables.
 Consistency ("own projection"; mbi 2.0.0 needs jax, kept out of the shared venv): a selected pair of two
 ordered columns (`ordered_cells`: numeric bins, or two categories) is shrunk towards its best-fitting
@@ -41,9 +43,11 @@ released with it as `copula_rho`); every other noisy table is made non-negative 
 margin is the inverse-variance mean of all mandatory tables' label margins, a column's margin is taken
 from its (label-fitted) mandatory table, and every table is fitted to those margins by iterative
 proportional fitting. Before that, a numeric column's fine bins
-are smoothed with a [1, 2, 1] / 4 kernel (`smooth_fine`) and bins (and the missing cell) outside the support of the pooled
-margin (a 5-bin window below 2 noise std) are zeroed (`support_mask`); with a label, this is done to the pooled
-1-way table, whose shape inside each coarse group then splits the coarse x label counts (`derive_fine`).
+are smoothed with a [1, 2, 1] / 4 kernel, or a wider Gaussian when the table holds too few records per
+cell for its noise (`smoothing_kernel`, `smooth_fine`), and bins (and the missing cell) outside the support
+of the pooled margin (a 5-bin window below 2 noise std) are zeroed (`support_mask`); with a label, this is
+done to the pooled 1-way table, whose shape inside each coarse group then splits the coarse x label counts
+(`derive_fine`; records of a group the mask left short go to its cut bins along a thinning-out fit).
 All of this is post-processing.
 """
 
@@ -505,7 +509,12 @@ def smoothing_kernel(counts: np.ndarray, axis: int, fine: int, sigma: float | No
     records per cell, at least sigma * sqrt(cells) so a near-empty table cannot blow it up, the Gaussian
     bandwidth (in bins) is h = (sigma / m)^2 / (2 sqrt(pi)), which brings a smoothed cell's noise std
     (sigma / sqrt(2 sqrt(pi) h)) down to m; the [1, 2, 1] kernel is kept while h <= 0.75, h is capped at
-    fine / 4. Well-measured columns (BMI, HbA1c: h < 0.2) are unchanged."""
+    fine / 4. Well-measured columns (NHANES BMI, HbA1c: h < 0.2) are unchanged. Label-table simulation
+    (`python -m benchmarks.label_tables --draws 40`, four data sets): the derived tables' TVD 0.409 ->
+    0.383, mean error 0.73 -> 0.72 SD; breast cancer (398 rows): TVD lower on every column, Pima mixed
+    (BMI 0.41 -> 0.89 SD worse, age 0.72 -> 0.53 better); NHANES and NHEFS
+    benchmark columns unchanged. NHANES structure draws: diabetes duration's diabetic-mean RMS error
+    0.46 -> 0.32 SD."""
     base = np.array([0.25, 0.5, 0.25])
     if not ADAPTIVE_SMOOTHING or not sigma:
         return base
