@@ -167,14 +167,20 @@ def test_calibrated_sampling_is_exact_in_size_reproducible_and_draws_without_rep
 
 
 def test_calibration_moves_the_sample_towards_the_released_tables(model: TrainedGenerator) -> None:
-    """Raking lowers the mean distance of the pool to the released tables it is fitted to."""
+    """Raking pulls a pool that is off the released tables back towards them: with most records aged 60+
+    removed, the weighted pool's age tables are much closer to the release than the unweighted pool.
+    (On an unbiased pool the mean distance over all tables can stay flat: the noisy tables disagree
+    with each other a little, and the generator already fits them.)"""
     cal = model.calibrator
     model.calibrate = False
     try:
         pool = model.sample(20_000, seed=5)
     finally:
         model.calibrate = True
-    used = [t for t in cal.tables if not all(c in cal.conds for c in t.cols)]
+    age = pd.to_numeric(pool["age_years"], errors="coerce")
+    rng = np.random.default_rng(0)
+    pool = pool.loc[~((age >= 60) & (rng.random(len(pool)) < 0.7))].reset_index(drop=True)
+    used = [t for t in cal.tables if "age_years" in t.cols and not all(c in cal.conds for c in t.cols)]
     assert used
 
     def mean_tvd(w: np.ndarray) -> float:
@@ -186,7 +192,7 @@ def test_calibration_moves_the_sample_towards_the_released_tables(model: Trained
         return float(np.mean(out))
 
     before, after = mean_tvd(np.ones(len(pool))), mean_tvd(cal.weights(pool, []))
-    assert after < before, (before, after)
+    assert after < 0.8 * before, (before, after)  # measured: 0.5-0.66x
 
 
 def test_filters_on_generated_columns_apply_after_calibration(model: TrainedGenerator) -> None:
