@@ -335,14 +335,15 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
         # round that would leave less than two rounds' budget spends all of it. Every decision reads only
         # released tables (post-processing); the total stays rho_sel (checked below).
         per_round = rho_sel / rounds
-        used = 0.0
+        spent_before = spent
         st.rounds = 0
         left = list(candidates)
         truths = {cr: _count([coder.codes(frame, c, z) for c, z in zip(*cr)], [coder.size(c, z) for c, z in zip(*cr)])
                   for cr in left}
-        while left and rho_sel - used > 1e-9 * rho_sel and (ANNEAL or st.rounds < rounds):
-            if ANNEAL and rho_sel - used < 2.0 * per_round:
-                per_round = rho_sel - used
+        while left and rho_sel - (spent - spent_before) > 1e-9 * rho_sel and (ANNEAL or st.rounds < rounds):
+            left_rho = rho_sel - (spent - spent_before)
+            if ANNEAL and left_rho < 2.0 * per_round:
+                per_round = left_rho
             r_select, r_measure = 0.1 * per_round, 0.9 * per_round
             scale = 1.0 / math.sqrt(2.0 * r_select)  # noisy max: rho = 1 / (2 scale^2) at sensitivity 1
             sigma_m = 1.0 / math.sqrt(2.0 * r_measure)
@@ -350,11 +351,9 @@ def measure_structure(frame: pd.DataFrame, enc: TableEncoder, *, rho: float, n_p
             scores = [float(np.abs(truths[cr] - est).sum()) - math.sqrt(2 / math.pi) * sigma_m * est.size
                       for cr, est in zip(left, ests)]
             pick = secure_noisy_max(np.asarray(scores), scale)
-            before = spent
             spent += noisy_max_rho(scale)
             cols, res = left.pop(pick)
             measure(cols, res, r_measure, "selected")
-            used += spent - before
             st.rounds += 1
             _project(st, coder)
             moved = float(np.abs(st.tables[-1].counts - ests[pick]).sum())
@@ -427,17 +426,10 @@ def derive_fine(pooled: np.ndarray, coarse_by_label: np.ndarray, groups: np.ndar
 
 
 def _decreasing_fit(y: np.ndarray) -> np.ndarray:
-    """The least-squares non-increasing sequence closest to y (pool adjacent violators)."""
-    vals: list[float] = []
-    wts: list[int] = []
-    for v in np.asarray(y, dtype=float):
-        vals.append(float(v))
-        wts.append(1)
-        while len(vals) > 1 and vals[-2] < vals[-1]:
-            w = wts[-2] + wts[-1]
-            vals[-2:] = [(vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w]
-            wts[-2:] = [w]
-    return np.repeat(vals, wts)
+    """The least-squares non-increasing sequence closest to y (isotonic regression)."""
+    from sklearn.isotonic import isotonic_regression
+
+    return isotonic_regression(np.asarray(y, dtype=float), increasing=False)
 
 
 def _tail_weights(raw: np.ndarray, zeroed: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -534,7 +526,11 @@ def smooth_fine(counts: np.ndarray, axis: int, fine: int, sigma: float | None = 
     over adjacent bins (edges reflected; the missing cell untouched), or the wider kernel
     `smoothing_kernel` picks for a sparse table when its noise std `sigma` is given. Noise variance drops
     to sum(kernel^2) (3/8 for [1, 2, 1]) while a smooth distribution barely moves."""
-    k = smoothing_kernel(counts, axis, fine, sigma)
+    return _smooth(counts, axis, fine, smoothing_kernel(counts, axis, fine, sigma))
+
+
+def _smooth(counts: np.ndarray, axis: int, fine: int, k: np.ndarray) -> np.ndarray:
+    """`counts` smoothed along its fine-bin axis with kernel k (odd length, centred)."""
     x = np.moveaxis(np.asarray(counts, dtype=float), axis, 0).copy()
     v = x[:fine]
     r = len(k) // 2
@@ -592,7 +588,7 @@ def clean_fine(counts: np.ndarray, axis: int, fine: int, sigma: float) -> np.nda
     """A noisy table's numeric fine-bin axis smoothed (`smooth_fine`) then cut to the data's support
     (`support_mask`); post-processing, applied to every measured fine table before norm-sub."""
     k = smoothing_kernel(counts, axis, fine, sigma)
-    return support_mask(smooth_fine(counts, axis, fine, sigma), axis, fine, sigma, kernel=k)
+    return support_mask(_smooth(counts, axis, fine, k), axis, fine, sigma, kernel=k)
 
 
 def _main_support(keep: np.ndarray, mass: np.ndarray, strong: np.ndarray) -> np.ndarray:
