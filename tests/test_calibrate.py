@@ -96,7 +96,7 @@ def test_the_draw_keeps_records_in_proportion_to_their_weights_without_duplicate
     cal = _calibrator([])
     pool = _pool(8_000, 5)
     heavy = pool["sex"].to_numpy() == "male"
-    cal.weights = lambda frame, restricted: np.where(heavy, 3.0, 1.0)  # type: ignore[method-assign]
+    cal.weights = lambda frame, restricted, cond_mix=None: np.where(heavy, 3.0, 1.0)  # type: ignore[method-assign]
     pick = cal.draw(pool, [], 2_000, np.random.default_rng(0))
     assert len(pick) == 2_000 and len(np.unique(pick)) == 2_000
     share = heavy[pick].mean()
@@ -198,3 +198,25 @@ def test_calibration_moves_the_sample_towards_the_released_tables(model: Trained
 def test_filters_on_generated_columns_apply_after_calibration(model: TrainedGenerator) -> None:
     s = model.sample(400, seed=3, fixed={"diabetes": 1}, filters=["age_years>=65"])
     assert len(s) == 400 and (pd.to_numeric(s["age_years"]) >= 65).all()
+
+
+def test_rejected_records_do_not_move_the_conditioning_mix(model: TrainedGenerator) -> None:
+    """Records whose rule-derived label no longer matches are dropped before raking; the weighted pool keeps
+    the conditioning mix it was drawn with, so the sample's label share stays on the DP histogram."""
+    cal = model.calibrator
+    model.calibrate = False
+    try:
+        pool = model.sample(20_000, seed=6)
+    finally:
+        model.calibrate = True
+    conds = list(cal.coder.cond)
+    sizes = [cal.coder.size(c, "cond") for c in conds]
+    cells = np.ravel_multi_index(tuple(cal.coder.codes(pool, c, "cond") for c in conds), sizes)
+    drawn = np.bincount(cells, minlength=int(np.prod(sizes)))
+    diab = pd.to_numeric(pool["diabetes"], errors="coerce") == 1
+    kept = ~(diab & (np.random.default_rng(0).random(len(pool)) < 0.6)).to_numpy()  # most diabetic records rejected
+    sub = pool.loc[kept].reset_index(drop=True)
+    share = float(diab.mean())
+    plain = np.average(diab[kept], weights=cal.weights(sub, []))
+    fixed = np.average(diab[kept], weights=cal.weights(sub, [], cond_mix=drawn))
+    assert abs(fixed - share) < 0.01 < abs(plain - share)

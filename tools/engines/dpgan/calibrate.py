@@ -191,8 +191,12 @@ class Calibrator:
         return tgt / s if s > 0 else None
 
     # ---- raking ----------------------------------------------------------------------------------
-    def weights(self, frame: pd.DataFrame, restricted: list[str]) -> np.ndarray:
-        """Record weights (mean 1) matching the usable tables' targets for this pool."""
+    def weights(self, frame: pd.DataFrame, restricted: list[str], cond_mix: np.ndarray | None = None) -> np.ndarray:
+        """Record weights (mean 1) matching the usable tables' targets for this pool.
+
+        cond_mix: counts per joint conditioning cell of the pool as drawn, before records were rejected
+        (a rule-derived label that no longer matched): the weighted pool keeps that mix, so a rejection
+        rate that differs by cell does not move the sample's condition shares off the DP histogram."""
         m = len(frame)
         w = np.ones(m)
         if m == 0:
@@ -230,6 +234,10 @@ class Calibrator:
             sizes = [self._size(c) for c in conds]
             base = np.ravel_multi_index(tuple(self._codes(frame, c, "cond", cache) for c in conds), sizes)
             base_target = np.bincount(base, minlength=int(np.prod(sizes))).astype(float)
+            if cond_mix is not None:
+                mix = np.where(base_target > 0, np.asarray(cond_mix, dtype=float).ravel(), 0.0)
+                if mix.sum() > 0:
+                    base_target = mix / mix.sum() * m
         for _ in range(RAKE_ITERS if plan else 0):
             for idx, tg in plan:
                 cur = np.bincount(idx, weights=w, minlength=tg.size)
@@ -242,7 +250,8 @@ class Calibrator:
                 w = w * np.where(cur > 0, base_target / np.maximum(cur, 1e-300), 1.0)[base]
         return w / w.mean()
 
-    def draw(self, frame: pd.DataFrame, restricted: list[str], keep: int, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, frame: pd.DataFrame, restricted: list[str], keep: int, rng: np.random.Generator,
+             cond_mix: np.ndarray | None = None) -> np.ndarray:
         """Indices of `keep` records drawn without replacement, inclusion probability proportional to weight.
 
         Systematic PPS sampling over a random order: record i is kept with probability exactly
@@ -253,7 +262,7 @@ class Calibrator:
         keep = int(min(keep, m))
         if keep <= 0:
             return np.zeros(0, int)
-        w = np.maximum(self.weights(frame, restricted), 0.0)
+        w = np.maximum(self.weights(frame, restricted, cond_mix), 0.0)
         pi = inclusion_probabilities(w, keep)
         order = rng.permutation(m)
         cum = np.cumsum(pi[order])

@@ -200,9 +200,10 @@ class TrainedGenerator:
             frame = self._generate(codes, gen)
             if calib is not None:
                 # derived-label consistency first, then calibrate the pool, then the user's filters
+                drawn = np.bincount(flat, minlength=cell_p.size)
                 ok = self._derived_ok(frame, codes, derived)
                 frame, codes = frame.loc[ok].reset_index(drop=True), codes[ok]
-                pick = calib.draw(frame, restricted, max(len(frame) // POOL_FACTOR, 1), rng)
+                pick = calib.draw(frame, restricted, max(len(frame) // POOL_FACTOR, 1), rng, cond_mix=drawn)
                 frame, codes = frame.iloc[pick].reset_index(drop=True), codes[pick]
                 batch = len(frame)
             tried += batch
