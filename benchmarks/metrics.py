@@ -307,6 +307,8 @@ def structure_metrics(synth: pd.DataFrame, real: pd.DataFrame, spec: Sequence[di
     return {"pairs_tvd_mean": pairs["mean"], "pairs_tvd_worst": pairs["worst"][0]["tvd"] if pairs["worst"] else None,
             "pairs_tvd_worst5": pairs["worst"], "top10_corr_err": corr["mean_abs_error"],
             "sign_agreement": signs["agreement"], "reversed_predictors": signs["reversed"],
+            "undetermined_predictors": signs["undetermined"],
+            "reversed_marginal": signs["marginal"]["reversed"],
             "cohort_max_mean_diff_sd": cohort.get("max_abs_mean_diff_sd")}
 
 
@@ -314,7 +316,8 @@ def real_reversed(train: pd.DataFrame, holdout: pd.DataFrame, spec: Sequence[dic
     """The holdout's top-5 predictors whose sign the REAL training split already reverses: the same check as a
     synthetic sample's `reversed_predictors`, with the training rows in its place. A synthesizer sees only the
     training split, so these reversals are the real data's own (collinear partial effects fitted on ~100-900
-    rows), not the synthesizer's; the report names them apart."""
+    rows), not the synthesizer's; the report names them apart. Only signs the holdout determines (Wald
+    |z| >= 1.96, `fidelity.predictor_signs`) are checked, as for a synthetic sample."""
     from synthehr.tools.engines import fidelity as fm
 
     return list(fm.predictor_signs(holdout, train, spec, label)["reversed"])

@@ -645,6 +645,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         pt = [r.get("pairs_tvd_mean") for r in ok if r.get("pairs_tvd_mean") is not None]
         row["pairs_tvd_mean_worst"] = max(pt) if pt else None
         row["reversed_predictors"] = sorted({p for r in ok for p in (r.get("reversed_predictors") or [])})
+        # top-5 predictors whose sign the real holdout does not determine (not counted; fidelity.predictor_signs)
+        row["undetermined_predictors"] = sorted({p for r in ok for p in (r.get("undetermined_predictors") or [])})
+        row["reversed_marginal"] = sorted({p for r in ok for p in (r.get("reversed_marginal") or [])})
         if own:
             row["reversed_beyond_real"] = sorted({p for r in ok for p in (r.get("reversed_predictors") or [])
                                                   if p not in own.get((ds, r["seed"]), set())})
@@ -664,7 +667,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 def issue11_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 11's comparative targets on every data set with synthehr rows (medians over seeds):
     TSTR >= the best DP peer's at eps 1 and 3, no seed below 0.5 and no reversed top-5 predictor at
-    eps >= 1, all-pairs 2-way TVD <= AIM's at eps 1."""
+    eps >= 1 (partial effects whose sign the real holdout determines, and marginal associations), all-pairs
+    2-way TVD <= AIM's at eps 1."""
     out: list[dict[str, Any]] = []
     for ds in sorted({r["dataset"] for r in rows if r["method"] == "synthehr"}):
         for eps in (1.0, 3.0):
@@ -683,8 +687,15 @@ def issue11_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "threshold": 0.5, "detail": "worst seed over every eps >= 1", "pass": min(worst) >= 0.5})
         if mine:
             rev = sorted({p for r in mine for p in (r.get("reversed_predictors") or [])})
+            und = sorted({p for r in mine for p in (r.get("undetermined_predictors") or [])})
             out.append({"target": f"{ds}: no reversed top-5 predictor at eps >= 1", "value": len(rev), "threshold": 0,
-                        "detail": ", ".join(rev) or "none", "pass": not rev})
+                        "detail": (", ".join(rev) or "none") + (f" (sign not determined by the real holdout, not "
+                                                                f"counted: {', '.join(und)})" if und else ""),
+                        "pass": not rev})
+            if all("reversed_marginal" in r for r in mine):
+                mrev = sorted({p for r in mine for p in r["reversed_marginal"]})
+                out.append({"target": f"{ds}: no reversed top-5 marginal association with the label at eps >= 1",
+                            "value": len(mrev), "threshold": 0, "detail": ", ".join(mrev) or "none", "pass": not mrev})
             if all("reversed_beyond_real" in r for r in mine):
                 beyond = sorted({p for r in mine for p in r["reversed_beyond_real"]})
                 also = sorted(set(rev) - set(beyond))
@@ -704,7 +715,10 @@ def issue11_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _reversed_words(r: dict[str, Any]) -> str:
     """Reversed predictors (any seed); those the real training split reverses too are marked with *."""
     also = set(r.get("reversed_by_real_too") or [])
-    return ", ".join(p + ("*" if p in also else "") for p in (r.get("reversed_predictors") or [])) or "none"
+    words = ", ".join(p + ("*" if p in also else "") for p in (r.get("reversed_predictors") or [])) or "none"
+    if r.get("undetermined_predictors"):
+        words += f" (sign not determined by the real data, not counted: {', '.join(r['undetermined_predictors'])})"
+    return words
 
 
 def _row(rows: list[dict[str, Any]], ds: str, method: str, eps: float) -> dict[str, Any] | None:

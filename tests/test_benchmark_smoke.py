@@ -274,7 +274,9 @@ def test_issue11_targets_compare_synthehr_with_the_peers_on_every_data_set() -> 
         for seed, (s_tstr, s_tvd) in enumerate([(0.70, 0.10), (0.45, 0.12)]):
             runs.append({"dataset": ds, "seed": seed, "method": "synthehr", "target_epsilon": 1.0, "status": "ok",
                          "tstr_mean": s_tstr, "pairs_tvd_mean": s_tvd if ds == "a" else 0.3,
-                         "reversed_predictors": ["bmi"] if ds == "b" else []})
+                         "reversed_predictors": ["bmi"] if ds == "b" else [],
+                         "undetermined_predictors": ["skin"] if ds == "b" else [],
+                         "reversed_marginal": ["glu"] if ds == "b" and seed == 1 else []})
             runs.append({"dataset": ds, "seed": seed, "method": "aim", "target_epsilon": 1.0, "status": "ok",
                          "tstr_mean": 0.55, "pairs_tvd_mean": 0.2, "reversed_predictors": []})
     result = {"runs": runs, "trtr": [], "solo_throughput": None}
@@ -283,7 +285,11 @@ def test_issue11_targets_compare_synthehr_with_the_peers_on_every_data_set() -> 
     assert not targets["a: no synthehr seed with TSTR AUROC < 0.5 at eps >= 1"]["pass"]  # a seed at 0.45
     assert targets["a: all-pairs 2-way TVD at eps=1 <= AIM's"]["pass"]
     assert not targets["b: all-pairs 2-way TVD at eps=1 <= AIM's"]["pass"]
-    assert targets["b: no reversed top-5 predictor at eps >= 1"]["detail"] == "bmi"
+    assert targets["b: no reversed top-5 predictor at eps >= 1"]["detail"] == (
+        "bmi (sign not determined by the real holdout, not counted: skin)")
+    assert targets["a: no reversed top-5 marginal association with the label at eps >= 1"]["pass"]
+    marginal = targets["b: no reversed top-5 marginal association with the label at eps >= 1"]
+    assert marginal["detail"] == "glu" and not marginal["pass"]
     assert "a: TSTR AUROC at eps=3 >= best DP peer" not in targets  # no eps=3 rows
     # A reversal the real training split shows too (metrics.real_reversed) is named apart, per seed.
     ref = {"train_rows": 80, "holdout_rows": 20, "trtr_lr": 0.8, "trtr_gb": 0.8, "trtr_mean": 0.8}
@@ -300,7 +306,7 @@ def test_issue11_targets_compare_synthehr_with_the_peers_on_every_data_set() -> 
         "b: no reversed top-5 predictor at eps >= 1 beyond those the real training split itself reverses"]
     assert beyond["pass"] and beyond["detail"] == "none (reversed by the real training split too: bmi)"
     row = next(r for r in summary["rows"] if r["dataset"] == "b" and r["method"] == "synthehr")
-    assert brun._reversed_words(row) == "bmi*"
+    assert brun._reversed_words(row) == "bmi* (sign not determined by the real data, not counted: skin)"
 
 
 def test_real_reversed_names_a_sign_the_real_training_split_flips() -> None:

@@ -49,6 +49,46 @@ def test_reversed_predictor_signs_are_named() -> None:
     flipped = fm.predictor_signs(real, _frame(4000, 6, flip=True), SPEC, "y", k=2)
     assert same["agreement"] == 1.0 and not same["reversed"]
     assert flipped["reversed"] == ["age_years"] and flipped["agreement"] == 0.5
+    # the marginal associations: age is the strongest, and the flipped sample reverses it
+    assert same["marginal"]["top"][0]["feature"] == "age_years" and same["marginal"]["reversed"] == []
+    assert flipped["marginal"]["reversed"] == ["age_years"]
+
+
+def test_a_sign_the_real_data_do_not_determine_is_not_counted_as_reversed() -> None:
+    # y depends on x; z has no effect, so its real coefficient's sign is noise (|z| < 1.96) and a synthetic
+    # sample with the opposite small effect must not be reported as reversing it
+    rng = np.random.default_rng(11)
+    spec = [{"name": c, "type": "continuous", "lower": -9, "upper": 9, "categories": None} for c in ("x", "z")]
+    spec.append({"name": "y", "type": "binary", "lower": None, "upper": None, "categories": None})
+
+    def frame(n: int, bz: float) -> pd.DataFrame:
+        x, z = rng.normal(0, 1, n), rng.normal(0, 1, n)
+        return pd.DataFrame({"x": x, "z": z, "y": (rng.random(n) < 1 / (1 + np.exp(-(1.5 * x + bz * z)))).astype(int)})
+
+    real = frame(300, 0.0)
+    zr = fm.predictor_signs(real, real, spec, "y", k=2)["top"][1]
+    synth = frame(20000, -0.3 * np.sign(zr["real"]))
+    out = fm.predictor_signs(real, synth, spec, "y", k=2)
+    assert out["top"][0]["feature"] == "x" and out["top"][0]["determined"]
+    assert out["undetermined"] == ["z"] and out["reversed"] == [] and out["agreement"] == 1.0
+    assert np.sign(out["top"][1]["synthetic"]) != np.sign(out["top"][1]["real"])  # reversed, but not counted
+
+
+def test_wald_z_matches_the_spread_of_refits() -> None:
+    # the Wald standard error of a penalised logistic coefficient vs its spread over independent samples
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(12)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.normal(0, 1, (n, 3))
+        return x, (rng.random(n) < 1 / (1 + np.exp(-(x @ np.array([0.8, -0.4, 0.0]))))).astype(float)
+
+    fits = [LogisticRegression(C=1.0).fit(*sample(500)).coef_[0] for _ in range(200)]
+    x, y = sample(500)
+    m = LogisticRegression(C=1.0).fit(x, y)
+    se = m.coef_[0] / fm._wald_z(x, y, m.coef_[0], float(m.intercept_[0]), 1.0)
+    assert np.allclose(se, np.std(fits, axis=0), rtol=0.2)
 
 
 def test_cohort_fidelity_sees_a_shifted_cohort() -> None:
