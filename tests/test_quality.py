@@ -209,6 +209,18 @@ def test_files_are_written(honest):
     assert "## Privacy" in md and "membership" in md.lower() and "TSTR" in md
 
 
+def test_the_report_names_reversed_and_undetermined_signs(honest):
+    from synthehr.tools.engines.quality import render_markdown
+
+    rep, _ = honest
+    signs = {"agreement": 0.5, "reversed": ["bmi_kg_m2"], "undetermined": ["pulse_bpm"], "top": [],
+             "marginal": {"top": [], "reversed": ["age_years"]}}
+    md = render_markdown({**rep, "structure": {**(rep.get("structure") or {}), "predictor_signs": signs}})
+    assert "Top predictors with a reversed sign: bmi_kg_m2" in md
+    assert "Top associations with the label reversed in the synthetic data: age_years" in md
+    assert "do not determine (Wald |z| < 1.96; not counted): pulse_bpm" in md
+
+
 def _numbers(text: str) -> set[str]:
     return set(re.findall(r"-?\d+\.\d+", text))
 

@@ -820,6 +820,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{d['a']} ~ {d['b']}: {g(d['real'], '.2f')} / {g(d['synthetic'], '.2f')}" for d in st["top_correlation"]["pairs"])]
     if (st.get("predictor_signs") or {}).get("reversed"):
         L += ["", "Top predictors with a reversed sign: " + ", ".join(st["predictor_signs"]["reversed"])]
+    if ((st.get("predictor_signs") or {}).get("marginal") or {}).get("reversed"):
+        L += ["", "Top associations with the label reversed in the synthetic data: "
+              + ", ".join(st["predictor_signs"]["marginal"]["reversed"])]
     if (st.get("predictor_signs") or {}).get("undetermined"):
         L += ["", "Top predictors whose sign the held-out real data do not determine (Wald |z| < 1.96; not "
               "counted): " + ", ".join(st["predictor_signs"]["undetermined"])]
