@@ -148,14 +148,15 @@ def predictor_signs(real: pd.DataFrame, synth: pd.DataFrame, spec: Sequence[dict
         return none
     xr, names = _design(real, spec, feats, real)
     xs, _ = _design(synth, spec, feats, real)
+    yr, ys = (y_r == pos).astype(float), (y_s == pos).astype(float)
     c = 1.0
     try:
-        mr = LogisticRegression(max_iter=2000, C=c).fit(xr, (y_r == pos).astype(int))
-        cs = LogisticRegression(max_iter=2000, C=c).fit(xs, (y_s == pos).astype(int)).coef_[0]
+        mr = LogisticRegression(max_iter=2000, C=c).fit(xr, yr)
+        cs = LogisticRegression(max_iter=2000, C=c).fit(xs, ys).coef_[0]
     except ValueError:
         return none
     cr = mr.coef_[0]
-    z = _wald_z(xr, (y_r == pos).astype(float), cr, float(mr.intercept_[0]), c)
+    z = _wald_z(xr, yr, cr, float(mr.intercept_[0]), c)
     order = np.argsort(-np.abs(cr))[:k]
     top = [{"feature": names[i], "real": round(float(cr[i]), 3), "synthetic": round(float(cs[i]), 3),
             "real_z": round(float(z[i]), 2), "determined": bool(abs(z[i]) >= z_min)} for i in order]
@@ -163,7 +164,7 @@ def predictor_signs(real: pd.DataFrame, synth: pd.DataFrame, spec: Sequence[dict
     rev = [t["feature"] for t in det if np.sign(t["real"]) != np.sign(t["synthetic"])]
     return {"agreement": round(1 - len(rev) / len(det), 3) if det else None, "reversed": rev, "top": top,
             "undetermined": [t["feature"] for t in top if not t["determined"]],
-            "marginal": _marginal_signs(xr, (y_r == pos).astype(float), xs, (y_s == pos).astype(float), names, k, z_min)}
+            "marginal": _marginal_signs(xr, yr, xs, ys, names, k, z_min)}
 
 
 def _marginal_signs(xr: np.ndarray, yr: np.ndarray, xs: np.ndarray, ys: np.ndarray, names: list[str], k: int,
